@@ -139,6 +139,7 @@ class Pipeline:
         self.hub = Hub(bus)
         self._reactor = reactor
         self._waiters: dict[tuple[str, str], list[defer.Deferred]] = defaultdict(list)
+        self._waiting_channels: dict[str, int] = defaultdict(int)
 
     def start_consumer(self) -> None:
         self.bus.consume(lambda items: defer.ensureDeferred(self.consume(items)))
@@ -156,7 +157,7 @@ class Pipeline:
         channel = channels_of(result)[0]
         waiter: defer.Deferred = defer.Deferred()
         self._waiters[key].append(waiter)
-        self.hub.add(channel, self._resolve_waiters)
+        self._watch(channel, +1)
         try:
             await self.bus.enqueue(item)
             waiter.addTimeout(WAIT_TIMEOUT, self._reactor)
@@ -170,7 +171,18 @@ class Pipeline:
                 waiters.remove(waiter)
                 if not waiters:
                     del self._waiters[key]
+            self._watch(channel, -1)
+
+    def _watch(self, channel: str, delta: int) -> None:
+        """Listen on a channel while any submit() waits for an echo on it."""
+        count = self._waiting_channels[channel] + delta
+        if count > 0 and delta > 0 and count == 1:
+            self.hub.add(channel, self._resolve_waiters)
+        if count <= 0:
+            del self._waiting_channels[channel]
             self.hub.remove(channel, self._resolve_waiters)
+        else:
+            self._waiting_channels[channel] = count
 
     def _resolve_waiters(self, event: Event) -> None:
         waiters = self._waiters.pop((event.conversation, event.uuid), None)

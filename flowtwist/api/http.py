@@ -185,7 +185,8 @@ def basic_credentials(request) -> tuple[str, str] | None:
     except (ValueError, UnicodeDecodeError):
         raise Unauthorized("Malformed Authorization header")
     username, _, password = decoded.partition(":")
-    return unquote(username), unquote(password)
+    # Emails embedded in URLs arrive percent-encoded (a%40b.c); passwords are literal.
+    return unquote(username), password
 
 
 def bearer_token(request) -> str | None:
