@@ -284,7 +284,8 @@ class Pipeline:
             await self.store.update(conversation, message_id, {"tags": new})
             add = [t for t in new if t not in old]
             remove = [t for t in old if t not in new]
-            tag_item = dict(item, uuid=item["uuid"] + ":tags")
+            # The edit's waiter listens for item["uuid"]: give it to the first event.
+            tag_item = dict(item, uuid=item["uuid"] + ":tags") if out else item
             out += await self._derived(tag_item, "tag-change",
                                        {"message": message_id, "add": add, "remove": remove})
         return out
