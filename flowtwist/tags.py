@@ -23,7 +23,9 @@ def split_param(tags) -> list[str]:
 
 
 def text_tags(text: str) -> tuple[list[str], list[str]]:
-    """Hashtags and mentioned names found in a text, in order."""
+    """Hashtags and mentioned names found in a text, in order.  URLs are left out: a
+    fragment (`/#anchor`) or a path (`/@name`) is not a tag."""
+    text = URL.sub(" ", text)
     return HASHTAG.findall(text), MENTION.findall(text)
 
 
@@ -64,7 +66,8 @@ def build_tags(text: str | None, param_tags: Iterable[str],
     meta: list[str] = []
     if text:
         mentioned = {t.split(":")[-1] for t in user_tags if t.startswith(":user:")}
-        words = {w.lower() for w in re.findall(r"[\w.-]+", text)}
+        # A nick may contain dots, but a sentence's full stop is not part of it.
+        words = {w.lower().rstrip(".") for w in re.findall(r"[\w.-]+", URL.sub(" ", text))}
         for nick, uid in by_nick.items():
             if nick in words and str(uid) not in mentioned:
                 meta.append(f":highlight:{uid}")
