@@ -172,7 +172,24 @@ class Directory(Protocol):
     def invitations_of_flow(self, flow_id: str) -> Awaitable[list[Invitation]]: ...
     def delete_invitation(self, invitation_id: int) -> Awaitable[None]: ...
 
-    # key/value settings for bridges (feed subscriptions, poll state, seen entries)
+    # feed subscriptions of flows (RSS/Atom, Twitter) and their pollers' state.
+    # A feed is a dict: {"id": int, "flow": flow id, "kind": "rss" | "twitter_search" |
+    # "twitter_follow", "target": URL, search query or screen name, "creator": user id
+    # or None, "created_at": ms, "announced": bool (its add action was posted),
+    # "removed": bool (to be removed, its remove action not yet posted), "state": dict
+    # (the poller's own: validators, since_id, failures, seen entry ids; opaque here)}.
+    def create_feed(self, flow_id: str, kind: str, target: str, creator_id: int | None,
+                    announced: bool = True) -> Awaitable[tuple[Doc, bool]]:
+        """(feed, created): an existing subscription with the same flow, kind and
+        target is returned as it is (created False; a removed one is revived)."""
+    def get_feed(self, feed_id: int) -> Awaitable[Doc | None]: ...
+    def feeds(self, flow_id: str | None = None) -> Awaitable[list[Doc]]:
+        """Subscriptions of one flow, or of all flows; by id."""
+    def update_feed(self, feed_id: int, **fields: Any) -> Awaitable[None]:
+        """Set announced, removed, state (replaced whole)."""
+    def delete_feed(self, feed_id: int) -> Awaitable[None]: ...
+
+    # key/value settings
     def get_setting(self, key: str) -> Awaitable[Any]: ...
     def set_setting(self, key: str, value: Any) -> Awaitable[None]: ...
 

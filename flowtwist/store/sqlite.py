@@ -338,6 +338,11 @@ CREATE TABLE IF NOT EXISTS invitations (
     state TEXT NOT NULL DEFAULT 'pending', message TEXT NOT NULL DEFAULT '',
     UNIQUE (flow_id, email));
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS feeds (
+    id INTEGER PRIMARY KEY, flow_id TEXT NOT NULL, kind TEXT NOT NULL, target TEXT NOT NULL,
+    creator_id INTEGER, created_at INTEGER NOT NULL, announced INTEGER NOT NULL DEFAULT 1,
+    removed INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT '{}',
+    UNIQUE (flow_id, kind, target));
 """
 
 
@@ -604,6 +609,50 @@ class SqliteDirectory:
     def delete_invitation(self, invitation_id):
         return self._write("DELETE FROM invitations WHERE id=?", int(invitation_id))
 
+    # feed subscriptions
+    def create_feed(self, flow_id, kind, target, creator_id, announced=True):
+        def create(c):
+            row = c.execute("SELECT * FROM feeds WHERE flow_id=? AND kind=? AND target=?",
+                            (flow_id, kind, target)).fetchone()
+            if row is not None and not row["removed"]:
+                return _feed(row), False
+            if row is not None:
+                c.execute("UPDATE feeds SET removed=0, announced=?, creator_id=? WHERE id=?",
+                          (int(announced), creator_id, row["id"]))
+                feed_id = row["id"]
+            else:
+                feed_id = c.execute(
+                    "INSERT INTO feeds (flow_id, kind, target, creator_id, created_at, "
+                    "announced) VALUES (?,?,?,?,?,?)",
+                    (flow_id, kind, target, creator_id, now_ms(), int(announced))).lastrowid
+            return _feed(c.execute("SELECT * FROM feeds WHERE id=?", (feed_id,)).fetchone()), True
+        return self._db.transaction(create)
+
+    def get_feed(self, feed_id):
+        return self._db.run(lambda c: _feed(c.execute(
+            "SELECT * FROM feeds WHERE id=?", (int(feed_id),)).fetchone()))
+
+    def feeds(self, flow_id=None):
+        if flow_id is None:
+            return self._db.run(lambda c: [_feed(r) for r in c.execute(
+                "SELECT * FROM feeds ORDER BY id")])
+        return self._db.run(lambda c: [_feed(r) for r in c.execute(
+            "SELECT * FROM feeds WHERE flow_id=? ORDER BY id", (flow_id,))])
+
+    def update_feed(self, feed_id, **fields):
+        unknown = set(fields) - {"announced", "removed", "state"}
+        if unknown:
+            raise ValueError(f"cannot update feed fields {sorted(unknown)}")
+        values = {k: (json.dumps(v) if k == "state" else int(bool(v))) for k, v in fields.items()}
+        if not values:
+            from twisted.internet import defer
+            return defer.succeed(None)
+        sets = ", ".join(f"{k}=?" for k in values)
+        return self._write(f"UPDATE feeds SET {sets} WHERE id=?", *values.values(), int(feed_id))
+
+    def delete_feed(self, feed_id):
+        return self._write("DELETE FROM feeds WHERE id=?", int(feed_id))
+
     # settings
     def get_setting(self, key):
         return self._db.run(lambda c: _json_or_none(c.execute(
@@ -612,6 +661,15 @@ class SqliteDirectory:
     def set_setting(self, key, value):
         return self._write("INSERT INTO settings VALUES (?,?) ON CONFLICT(key) "
                            "DO UPDATE SET value=excluded.value", key, json.dumps(value))
+
+
+def _feed(row):
+    if row is None:
+        return None
+    return {"id": row["id"], "flow": row["flow_id"], "kind": row["kind"],
+            "target": row["target"], "creator": row["creator_id"],
+            "created_at": row["created_at"], "announced": bool(row["announced"]),
+            "removed": bool(row["removed"]), "state": json.loads(row["state"] or "{}")}
 
 
 def _first_bool(row):
