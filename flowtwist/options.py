@@ -20,6 +20,18 @@ SETTINGS = [
     ("stream-url", "", "public base URL of the streaming API (default: from --stream)"),
     ("server-name", "flowtwist", "server name shown by IRC and email"),
     ("mail-domain", "", "mail domain for flow addresses (default: localhost)"),
+    ("mail-address-style", "both", "flow email addresses: subdomain (<flow>@<org>.<domain>), plus (<org>+<flow>@<domain>) or both"),
+    ("mail-max-size", "10485760", "largest email accepted, in bytes (advertised as SIZE)"),
+    ("smtp-tls-cert", "", "PEM certificate (and key, unless --smtp-tls-key) to offer STARTTLS"),
+    ("smtp-tls-key", "", "PEM private key for --smtp-tls-cert"),
+    ("feeds", "yes", "run the RSS/Atom and Twitter pollers in this process: yes or no"),
+    ("feed-interval", "300", "seconds between polls of one RSS/Atom feed (jittered)"),
+    ("feed-timeout", "30", "seconds before a feed or Twitter request is given up"),
+    ("feed-max-size", "5242880", "largest feed document fetched, in bytes"),
+    ("feed-backlog", "3", "entries posted from a newly added feed's existing backlog"),
+    ("twitter-api", "https://api.twitter.com", "Twitter API base URL (v2 recent search)"),
+    ("twitter-bearer-token", "", "Twitter API bearer token (Twitter polling is off without one)"),
+    ("twitter-interval", "60", "seconds between polls of one Twitter search or account"),
     ("redis", "", "Redis URL for the queue and pub/sub (default: in-process)"),
     ("mongo", "", "MongoDB URL for messages (default: SQLite in the data folder)"),
     ("postgres", "", "PostgreSQL URL for the directory (default: SQLite in the data folder)"),
@@ -95,6 +107,19 @@ def check(settings: dict) -> None:
             raise usage.UsageError(f"--{name}: expected a {schemes[0]}:// URL, got {value!r}")
     if settings["demo"] not in ("auto", "yes", "no"):
         raise usage.UsageError("--demo: expected auto, yes or no")
+    if settings["mail-address-style"] not in ("subdomain", "plus", "both"):
+        raise usage.UsageError("--mail-address-style: expected subdomain, plus or both")
+    if settings["feeds"] not in ("yes", "no"):
+        raise usage.UsageError("--feeds: expected yes or no")
+    for name in ("mail-max-size", "feed-interval", "feed-timeout", "feed-max-size",
+                 "feed-backlog", "twitter-interval"):
+        try:
+            if float(settings[name]) < (0 if name == "feed-backlog" else 0.001):
+                raise ValueError
+        except ValueError:
+            raise usage.UsageError(f"--{name}: expected a positive number, got {settings[name]!r}")
+    if urlparse(settings["twitter-api"]).scheme not in ("http", "https"):
+        raise usage.UsageError("--twitter-api: expected an http(s):// URL")
 
 
 def url_of(endpoint: str, scheme: str = "http") -> str:
