@@ -301,6 +301,10 @@ class RestApi:
         disabled = _bool(request_params(request).get("disabled"))
         await self.directory.update_membership(found.id, uid, disabled=disabled)
         self.chat.forget_flow(found.id)
+        if disabled:    # listeners (IRC) drop the member
+            await self.app.pipeline.publish_transient({
+                "conversation": found.id, "flow": found.id, "event": "backend.user.block",
+                "user": str(user.id), "content": str(uid), "tags": []})
         return {}
 
     # ------------------------------------------------------------ messages
