@@ -16,7 +16,8 @@ from flowtwist import tags as tagging
 from flowtwist.accounts import TTLCache
 from flowtwist.interfaces import Directory, Doc, MessageStore
 from flowtwist.model import (MAX_CONTENT, POSTABLE_EVENTS, Flow, FlowMember, Forbidden,
-                             NotFound, Source, User, ValidationError, flow_channel,
+                             NotFound, Source, Unprocessable, User, ValidationError,
+                             flow_channel,
                              new_uuid, now_ms, private_key)
 from flowtwist.pipeline import Pipeline
 
@@ -38,6 +39,16 @@ class Actor:
 
 def invalid(field: str, problem: str) -> ValidationError:
     return ValidationError({field: [problem]})
+
+
+def wrong_type(field: str, problem: str) -> Unprocessable:
+    """A parameter that must be an object and is not: 422, unlike a bad value (400)."""
+    return Unprocessable("Unprocessable entity", {field: [problem]})
+
+
+def writable(flow: Flow) -> None:
+    if flow.disabled:
+        raise Unprocessable("This flow is archived")
 
 
 class Chat:
@@ -151,6 +162,7 @@ class Chat:
             raise invalid("event", "can't be blank")
         if event not in POSTABLE_EVENTS or event == "comment":
             raise invalid("event", "is not a valid event type")
+        writable(flow)
         members = await self.members(flow.id)
         doc = self._base_doc(actor, params, flow.id)
         doc.update(flow=flow.id, event=event)
@@ -181,6 +193,7 @@ class Chat:
             parent_id = int(parent_id)
         except (TypeError, ValueError):
             raise invalid("message", "must be a message id")
+        writable(flow)
         parent = await self.store.get(flow.id, parent_id)
         if parent is None:
             raise NotFound()
@@ -291,6 +304,8 @@ class Chat:
         title, author = params.get("title"), params.get("author")
         if not isinstance(title, str) or not title.strip():
             raise invalid("title", "can't be blank")
+        if author is not None and not isinstance(author, dict):
+            raise wrong_type("author", "must be an object")
         if not isinstance(author, dict) or not isinstance(author.get("name"), str) \
                 or not author["name"].strip():
             raise invalid("author", "must have a name")
@@ -307,6 +322,9 @@ class Chat:
         upload = params.get("_upload")
         if upload is None:
             content = params.get("content")
+            if content is not None and not isinstance(content, dict):
+                raise wrong_type("content", "must be an object with data, content_type "
+                                            "and file_name")
             if not isinstance(content, dict) or not isinstance(content.get("data"), str):
                 raise invalid("content", "must have data, content_type and file_name")
             try:
@@ -327,7 +345,7 @@ class Chat:
         external = params.get("external_thread_id")
         payload = params.get("thread")
         if payload is not None and not isinstance(payload, dict):
-            raise invalid("thread", "must be an object")
+            raise wrong_type("thread", "must be an object")
         integration = doc["event"] in ("activity", "discussion")
         if thread_id:
             thread = await self.store.get_thread(str(thread_id))

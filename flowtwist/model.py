@@ -42,6 +42,12 @@ class ValidationError(ChatError):
         super().__init__(message, errors)
 
 
+class Unprocessable(ChatError):
+    """Well-formed, but not something that can be acted on: a parameter of the wrong
+    type (`thread` that is not an object), or a flow that takes no posts (archived)."""
+    status = 422
+
+
 class Unauthorized(ChatError):
     status = 401
 

@@ -155,23 +155,26 @@ def test_activity_creates_and_reuses_a_thread(world, source):
     assert by_id["thread_id"] == thread_id
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"title": ""}, "title"),
-    ({"author": {"avatar": "x"}}, "author"),
-    ({"author": "Octo"}, "author"),
-    ({"external_thread_id": None}, "external_thread_id"),
-    ({"external_thread_id": "new-one", "thread": {"body": "no title"}}, "thread"),
-    ({"thread": {"title": "t", "status": {"value": "x", "color": "pink"}}}, "thread.status"),
-    ({"thread_id": "not-a-thread", "external_thread_id": None}, "thread_id"),
+@pytest.mark.parametrize("change, field, status", [
+    ({"title": ""}, "title", 400),
+    ({"author": {"avatar": "x"}}, "author", 400),
+    ({"author": "Octo"}, "author", 422),            # not an object: wrong shape
+    ({"thread": "PR 7"}, "thread", 422),
+    ({"external_thread_id": None}, "external_thread_id", 400),
+    ({"external_thread_id": "new-one", "thread": {"body": "no title"}}, "thread", 400),
+    ({"thread": {"title": "t", "status": {"value": "x", "color": "pink"}}}, "thread.status", 400),
+    ({"thread_id": "not-a-thread", "external_thread_id": None}, "thread_id", 400),
 ])
-def test_activity_validation(world, source, change, field):
+def test_activity_validation(world, source, change, field, status):
     body = {"flow_token": source["flow_token"], "event": "activity", "title": "t",
             "author": {"name": "a"}, "external_thread_id": "v-1", "thread": {"title": "t"}}
     body.update(change)
     body = {k: v for k, v in body.items() if v is not None}
     r = anon(world, "POST", "/messages", json=body)
-    assert r.status_code == 400, r.text
-    assert r.json()["message"] == "Validation error" and field in r.json()["errors"]
+    assert r.status_code == status, r.text
+    assert field in r.json()["errors"]
+    if status == 400:
+        assert r.json()["message"] == "Validation error"
 
 
 def test_deleted_source_token_is_gone(world):
@@ -274,6 +277,19 @@ def test_v1_push_to_several_flows_with_comma_tokens(world):
     for path in ("main", "side"):
         got = world.alice.get(f"/flows/acme/{path}/messages", params={"limit": 1}).json()
         assert got[-1]["content"] == "to both"
+
+
+def test_v1_push_to_an_archived_flow_is_422(world):
+    r = world.alice.post("/flows/acme", {"name": "Archive Me"})
+    flow = r.json()
+    listing = world.server.admin("list", "flows")
+    token = next(line.split()[-1] for line in listing.splitlines() if "acme/archive-me" in line)
+    assert world.alice.put("/flows/acme/archive-me", {"disabled": True}).status_code == 200
+    r = anon(world, "POST", f"/v1/messages/chat/{token}",
+             data={"content": "x", "external_user_name": "bot"})
+    assert r.status_code == 422 and r.json()["message"] == "This flow is archived"
+    assert world.alice.get("/flows/acme/archive-me/messages").json() == []
+    assert flow["id"]
 
 
 def test_v1_push_bad_token_is_404_and_posts_nothing(world):

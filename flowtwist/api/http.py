@@ -43,6 +43,18 @@ class LimitedRequest(server.Request):
     def gotLength(self, length):
         if length is not None and length > MAX_BODY:
             self.too_large = True
+            expect = self.requestHeaders.getRawHeaders(b"expect") or [b""]
+            if expect[0].lower() == b"100-continue":
+                # The client waits for leave to send the body: refuse it now rather
+                # than read it.  (Others send the body anyway; it is read, dropped,
+                # and answered 413 by the handler, so they see the reply.)
+                self.requestHeaders.removeHeader(b"expect")
+                body = json_bytes({"message": "Request entity too large"})
+                self.channel.transport.write(
+                    b"HTTP/1.1 413 Request Entity Too Large\r\n"
+                    b"Content-Type: application/json; charset=utf-8\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+                self.channel.loseConnection()
             length = 0
         super().gotLength(length)
 
@@ -126,11 +138,12 @@ def body_params(request) -> dict[str, Any]:
         if len(raw) > MAX_JSON_BODY:
             raise HTTPError(413, "Request entity too large")
         try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+            data = json.loads(raw, parse_constant=_no_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise HTTPError(400, "Malformed JSON in request body")
         if not isinstance(data, dict):
-            raise HTTPError(400, "Request body must be a JSON object")
+            # Well-formed, but not something parameters can be read from.
+            raise HTTPError(422, "Request body must be a JSON object")
         return data
     if ctype == "application/x-www-form-urlencoded":
         try:
@@ -142,6 +155,10 @@ def body_params(request) -> dict[str, Any]:
         return multipart_params(request, raw)
     raise HTTPError(415, "Unsupported content type; use application/json, "
                          "application/x-www-form-urlencoded or multipart/form-data")
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 def multipart_params(request, raw: bytes) -> dict[str, Any]:
@@ -237,6 +254,8 @@ class Router(resource.Resource):
             request.setHeader(b"Access-Control-Allow-Origin", origin.encode("latin-1"))
             request.setHeader(b"Access-Control-Allow-Credentials", b"true")
             request.setHeader(b"Vary", b"Origin")
+            request.setHeader(b"Access-Control-Expose-Headers",
+                              CORS_HEADERS[b"Access-Control-Expose-Headers"])
         method = request.method.decode("ascii", "replace").upper()
         path = request.path.decode("utf-8", "replace")
         try:
@@ -247,12 +266,12 @@ class Router(resource.Resource):
                 return
             if method == "PATCH":
                 method = "PUT"
-            allowed = False
+            allowed: list[str] = []
             for route_method, regex, handler in self._routes:
                 m = regex.match(path)
                 if not m:
                     continue
-                allowed = True
+                allowed.append(route_method)
                 if route_method != method and not (route_method == "GET" and method == "HEAD"):
                     continue
                 kwargs = {k: _unquote(v) for k, v in m.groupdict().items()}
@@ -260,6 +279,9 @@ class Router(resource.Resource):
                 self._finish(request, result)
                 return
             if allowed:
+                if "PUT" in allowed:
+                    allowed.append("PATCH")
+                request.setHeader(b"Allow", ", ".join(sorted(set(allowed))).encode())
                 raise HTTPError(405, "Method not allowed")
             raise HTTPError(404, "not found")
         except ChatError as e:

@@ -11,8 +11,8 @@ from flowtwist.api.http import (Authenticator, HTTPError, Response, Router, head
                                 query_params, request_params)
 from flowtwist.app import App
 from flowtwist.chat import Actor
-from flowtwist.model import (MAX_FLOW_NAME, Flow, Forbidden, NotFound, User,
-                             ValidationError, private_key)
+from flowtwist.model import (MAX_FLOW_NAME, Flow, Forbidden, NotFound, Unprocessable,
+                             User, ValidationError, private_key)
 from flowtwist.pipeline import public
 from flowtwist import tags as tagging
 
@@ -30,6 +30,13 @@ def _int(value: Any, field: str, default: int | None = None, lo: int | None = No
     if (lo is not None and number < lo) or (hi is not None and number > hi):
         raise ValidationError({field: [f"must be between {lo} and {hi}"]})
     return number
+
+
+def _message_id(value: str) -> int:
+    """A message id from a path: anything but a number names no message (404)."""
+    if not value.isdigit():
+        raise NotFound()
+    return int(value)
 
 
 def _bool(value: Any) -> bool:
@@ -410,7 +417,7 @@ class RestApi:
     async def list_comments(self, request, org, flow, mid):
         user = await self._user(request)
         found = await self.chat.flow_by_path(user, org, flow)
-        mid = _int(mid, "id")
+        mid = _message_id(mid)
         docs = await self.app.store.query(found.id, events=["comment"], tags=[f"influx:{mid}"],
                                           limit=LIST_EVENT_LIMIT, newest_first=False)
         return [public(d) for d in docs]
@@ -418,7 +425,7 @@ class RestApi:
     async def show_message(self, request, org, flow, mid):
         user = await self._user(request)
         found = await self.chat.flow_by_path(user, org, flow)
-        doc = await self.app.store.get(found.id, _int(mid, "id"))
+        doc = await self.app.store.get(found.id, _message_id(mid))
         if doc is None:
             raise NotFound()
         return public(doc)
@@ -532,7 +539,7 @@ class RestApi:
     async def private_message(self, request, uid, mid):
         user = await self._user(request)
         other = await self.chat.private_peer(user, uid)
-        doc = await self.app.store.get(private_key(user.id, other.id), _int(mid, "id"))
+        doc = await self.app.store.get(private_key(user.id, other.id), _message_id(mid))
         if doc is None:
             raise NotFound()
         return public(doc)
@@ -780,6 +787,8 @@ class RestApi:
             flow = await self.directory.flow_by_token(part.strip())
             if flow is None:
                 raise NotFound("Unknown flow API token")
+            if flow.disabled:
+                raise Unprocessable("This flow is archived")
             flows.append(flow)
         return flows
 
