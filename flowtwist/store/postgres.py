@@ -408,6 +408,63 @@ class PostgresDirectory:
     def delete_invitation(self, invitation_id):
         return self._write("DELETE FROM invitations WHERE id=%s", int(invitation_id))
 
+    # ------------------------------------------------------------ feed subscriptions
+
+    def create_feed(self, flow_id, kind, target, creator_id, announced=True):
+        async def create(cur):
+            await cur.execute("SELECT * FROM feeds WHERE flow_id=%s AND kind=%s AND target=%s "
+                              "FOR UPDATE", (flow_id, kind, target))
+            row = cur.fetchone()
+            if row is not None and not row["removed"]:
+                return _feed(row), False
+            if row is not None:
+                await cur.execute("UPDATE feeds SET removed=FALSE, announced=%s, creator_id=%s "
+                                  "WHERE id=%s RETURNING *", (bool(announced), creator_id,
+                                                             row["id"]))
+            else:
+                await cur.execute("INSERT INTO feeds (flow_id, kind, target, creator_id,"
+                                  " created_at, announced) VALUES (%s, %s, %s, %s, %s, %s)"
+                                  " ON CONFLICT (flow_id, kind, target) DO NOTHING RETURNING *",
+                                  (flow_id, kind, target, creator_id, now_ms(),
+                                   bool(announced)))
+            row = cur.fetchone()
+            if row is None:     # another process created it a moment ago
+                await cur.execute("SELECT * FROM feeds WHERE flow_id=%s AND kind=%s AND "
+                                  "target=%s", (flow_id, kind, target))
+                return _feed(cur.fetchone()), False
+            return _feed(row), True
+        return defer.ensureDeferred(self._transaction(create))
+
+    def get_feed(self, feed_id):
+        async def get():
+            rows = await self._rows("SELECT * FROM feeds WHERE id=%s", (int(feed_id),))
+            return _feed(rows[0]) if rows else None
+        return defer.ensureDeferred(get())
+
+    def feeds(self, flow_id=None):
+        async def feeds():
+            if flow_id is None:
+                rows = await self._rows("SELECT * FROM feeds ORDER BY id")
+            else:
+                rows = await self._rows("SELECT * FROM feeds WHERE flow_id=%s ORDER BY id",
+                                        (flow_id,))
+            return [_feed(r) for r in rows]
+        return defer.ensureDeferred(feeds())
+
+    def update_feed(self, feed_id, **fields):
+        unknown = set(fields) - {"announced", "removed", "state"}
+        if unknown:
+            raise ValueError(f"cannot update feed fields {sorted(unknown)}")
+        values = {k: (json.dumps(v) if k == "state" else bool(v)) for k, v in fields.items()}
+        if not values:
+            return defer.succeed(None)
+        sets = ", ".join(f"{k}=%s" for k in values)
+        d = self._write(f"UPDATE feeds SET {sets} WHERE id=%s", *values.values(), int(feed_id))
+        return d.addCallback(lambda _: None)
+
+    def delete_feed(self, feed_id):
+        return self._write("DELETE FROM feeds WHERE id=%s", int(feed_id))
+
     # ------------------------------------------------------------ settings
 
     def get_setting(self, key):
@@ -419,6 +476,13 @@ class PostgresDirectory:
     def set_setting(self, key, value):
         return self._write("INSERT INTO settings VALUES (%s, %s) ON CONFLICT (key) "
                            "DO UPDATE SET value=excluded.value", key, json.dumps(value))
+
+
+def _feed(row):
+    return {"id": row["id"], "flow": row["flow_id"], "kind": row["kind"],
+            "target": row["target"], "creator": row["creator_id"],
+            "created_at": row["created_at"], "announced": bool(row["announced"]),
+            "removed": bool(row["removed"]), "state": json.loads(row["state"] or "{}")}
 
 
 def _safe(dsn: str) -> str:
