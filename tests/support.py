@@ -46,6 +46,9 @@ def test_env(**extra) -> dict:
     env = dict(os.environ)
     env["FLOWTWIST_BCRYPT_ROUNDS"] = "4"     # the slow hash is not what we test here
     env.pop("FLOWTWIST_CONFIG", None)
+    # twistd finds twisted/plugins/flowtwist_plugin.py through sys.path; a
+    # setuptools "editable finder" install does not expose it from another cwd.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
     env.update(extra)
     return env
 
