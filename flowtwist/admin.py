@@ -18,7 +18,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flowtwist-admin", description=__doc__)
     p.add_argument("--config", "-c", help="TOML config file, as for twistd flowtwist")
     for name, _, help in SETTINGS:
-        if name in ("data", "postgres", "mongo", "redis", "mail-domain"):
+        if name in ("data", "postgres", "mongo", "redis", "mail-domain",
+                    "mail-address-style"):
             p.add_argument(f"--{name}", help=help)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("create-org", help="create an organization")
@@ -45,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("set-password", help="set a user's password")
     s.add_argument("email")
     s.add_argument("--password")
+    s = sub.add_parser("flow-email", help="print the email address(es) of a flow ORG/FLOW")
+    s.add_argument("flow", help="org/flow")
     s = sub.add_parser("list", help="list organizations, users, flows or members")
     s.add_argument("what", choices=["orgs", "users", "flows", "members"])
     s.add_argument("target", nargs="?", help="org/flow for members")
@@ -55,8 +58,9 @@ class AdminError(Exception):
     pass
 
 
-async def run(args, directory) -> None:
+async def run(args, directory, settings=None) -> None:
     out = print
+    settings = settings or {}
     if args.command == "create-org":
         org = await directory.create_organization(args.name)
         out(f"organization {org.id} {org.parameterized_name}")
@@ -99,6 +103,21 @@ async def run(args, directory) -> None:
         out(f"password of {user.email} changed")
     elif args.command == "list":
         await _list(directory, args.what, args.target, out)
+    elif args.command == "flow-email":
+        from flowtwist.bridges.email import FlowAddresses
+        flow = await _flow(directory, args.flow)
+        org = await directory.get_organization(flow.organization_id)
+        for address in FlowAddresses.from_settings(settings).addresses(
+                org.parameterized_name, flow.parameterized_name):
+            out(address)
+
+
+async def _flow(directory, path):
+    org_name, _, flow_name = path.partition("/")
+    flow = await directory.flow_by_name(org_name, flow_name) if flow_name else None
+    if flow is None:
+        raise AdminError(f"no flow {path}")
+    return flow
 
 
 async def _org(directory, name):
@@ -141,7 +160,8 @@ async def _list(directory, what, target, out) -> None:
 def main(argv=None) -> None:
     args = parser().parse_args(argv)
     given = {k.replace("_", "-"): v for k, v in vars(args).items()
-             if k in ("config", "data", "postgres", "mongo", "redis", "mail_domain")}
+             if k in ("config", "data", "postgres", "mongo", "redis", "mail_domain",
+                      "mail_address_style")}
     try:
         settings = resolve(given)
     except usage.UsageError as e:
@@ -151,7 +171,7 @@ def main(argv=None) -> None:
     async def go(reactor):
         await directory.start()
         try:
-            await run(args, directory)
+            await run(args, directory, settings)
         finally:
             await directory.stop()
 
