@@ -901,3 +901,84 @@ def test_oversized_declared_length_is_refused_before_the_body(world):
     s.close()
     assert reply.startswith(b"HTTP/1.1 413")
     assert world.alice.get("/flows").status_code == 200
+
+
+# ------------------------------------------------------------------ visibility
+
+def test_outsiders_get_404_on_every_flow_route(world):
+    """carol (another organization) on acme/main, bob (same organization, not a
+    member) on acme/side: every route answers 404, as if the flow did not exist."""
+    a = world.alice
+    msg = a.say(world.side, "side secret")
+    side_source = a.post("/flows/acme/side/sources", {"name": "S"}).json()
+    side_inv = a.post("/flows/acme/side/invitations", {"email": "z@example.com"}).json()
+    main_msg = a.say(world.main, "main message")
+    main_source = a.post("/flows/acme/main/sources", {"name": "M"}).json()
+    main_inv = a.post("/flows/acme/main/invitations", {"email": "z@example.com"}).json()
+    cases = [(world.carol, world.main, main_msg, main_source, main_inv),
+             (world.bob, world.side, msg, side_source, side_inv)]
+    for user, flow, m, src, inv in cases:
+        f = "/flows/" + flow["path"]
+        t = m["thread_id"]
+        calls = [
+            ("GET", f, None), ("PUT", f, {"name": "renamed"}), ("GET", f"{f}/users", None),
+            ("POST", f"{f}/users", {"id": user.id}),
+            ("PUT", f"{f}/users/{world.alice.id}", {"disabled": True}),
+            ("POST", f"{f}/messages", {"event": "message", "content": "x"}),
+            ("GET", f"{f}/messages", None), ("GET", f"{f}/messages/{m['id']}", None),
+            ("PUT", f"{f}/messages/{m['id']}", {"tags": ["x"]}),
+            ("DELETE", f"{f}/messages/{m['id']}", None),
+            ("POST", f"{f}/messages/{m['id']}/comments", {"content": "x"}),
+            ("GET", f"{f}/messages/{m['id']}/comments", None),
+            ("GET", f"{f}/threads", None), ("GET", f"{f}/threads/{t}", None),
+            ("POST", f"{f}/threads/{t}/messages", {"event": "message", "content": "x"}),
+            ("GET", f"{f}/threads/{t}/messages", None),
+            ("GET", f"{f}/sources", None), ("POST", f"{f}/sources", {"name": "x"}),
+            ("GET", f"{f}/sources/{src['id']}", None),
+            ("PUT", f"{f}/sources/{src['id']}", {"error_message": "x"}),
+            ("DELETE", f"{f}/sources/{src['id']}", None),
+            ("GET", f"{f}/invitations", None), ("POST", f"{f}/invitations", {"email": "q@x.io"}),
+            ("POST", f"{f}/invitations/import", {"list": "q@x.io"}),
+            ("GET", f"{f}/invitations/{inv['id']}", None),
+            ("DELETE", f"{f}/invitations/{inv['id']}", None),
+            ("GET", f"/flows/find?id={flow['id']}", None),
+            ("POST", "/messages", {"flow": flow["id"], "event": "message", "content": "x"}),
+            ("POST", "/comments", {"flow": flow["id"], "message": m["id"], "content": "x"}),
+        ]
+        for method, path, body in calls:
+            r = user.request(method, path, json=body)
+            assert r.status_code == 404, (user.nick, method, path, r.status_code, r.text)
+            assert r.json() == {"message": "not found"}, (method, path)
+    # nothing leaked into the lists either
+    assert world.side["id"] not in [f["id"] for f in world.bob.get("/flows").json()]
+    assert side_source["id"] not in [s["id"] for s in world.bob.get("/sources").json()]
+    assert main_source["id"] not in [s["id"] for s in world.carol.get("/sources").json()]
+    assert a.get(f"/flows/acme/side/messages/{msg['id']}").json()["content"] == "side secret"
+
+
+def test_legacy_flow_reference(world):
+    r = world.alice.post("/messages", {"flow": "acme:main", "event": "message",
+                                       "content": "legacy id"})
+    assert r.status_code == 201 and r.json()["flow"] == world.main["id"]
+    r = world.alice.get("/flows/find", params={"id": "acme/main"})
+    assert r.status_code == 200 and r.json()["id"] == world.main["id"]
+    error(world.carol.post("/messages", {"flow": "acme:main", "event": "message",
+                                         "content": "x"}), 404)
+
+
+def test_form_array_tags_and_nested_fields(world):
+    r = world.alice.request("POST", "/messages", data=[
+        ("flow", world.main["id"]), ("event", "message"), ("content", "form array"),
+        ("tags[]", "one"), ("tags[]", "#two")])
+    assert r.status_code == 201 and r.json()["tags"] == ["one", "two"]
+    r = world.alice.request("POST", "/messages", data={
+        "flow": world.main["id"], "event": "activity", "title": "form activity",
+        "author[name]": "Former", "external_thread_id": "form-1", "thread[title]": "Form"})
+    assert r.status_code == 201, r.text
+    assert r.json()["author"] == {"name": "Former"} and r.json()["thread"]["title"] == "Form"
+
+
+def test_malformed_multipart_is_400(world):
+    r = world.alice.request("POST", "/messages", data=b"--x\r\nnonsense",
+                            headers={"Content-Type": "multipart/form-data"})
+    error(r, 400)

@@ -40,6 +40,13 @@ class LimitedRequest(server.Request):
     too_large = False
     _received = 0
 
+    def __init__(self, *args, **kwargs):
+        # Bodies are parsed by body_params() alone: Twisted's own form parsing would
+        # mix body fields into `args` (the query string), hold a second copy of every
+        # upload, and answer a malformed multipart body with a bare 400 and a hang-up.
+        kwargs.setdefault("parsePOSTFormSubmission", False)
+        super().__init__(*args, **kwargs)
+
     def gotLength(self, length):
         if length is not None and length > MAX_BODY:
             self.too_large = True

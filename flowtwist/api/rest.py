@@ -211,7 +211,7 @@ class RestApi:
     async def flow_find(self, request):
         user = await self._user(request)
         flow_id = query_params(request).get("id") or ""
-        flow = await self.chat.visible_flow(user, flow_id)
+        flow = await self.chat.resolve_flow_ref(user, flow_id)
         return await self._flow_json(flow, user, with_users=True)
 
     async def flow_show(self, request, org, flow):
@@ -336,7 +336,8 @@ class RestApi:
         flow_id = params.get("flow")
         if not flow_id:
             raise ValidationError({"flow": ["can't be blank"]})
-        return await self.chat.visible_flow(user, str(flow_id))
+        # a flow id, or the legacy `org:flow` id of older clients
+        return await self.chat.resolve_flow_ref(user, str(flow_id))
 
     async def post_message(self, request, org=None, flow=None, thread=None):
         params = request_params(request)
