@@ -8,9 +8,15 @@ Collections (in the database named by the URL, default ``flowtwist``):
   and clients choose many of their keys (activity fields, external ids); JSON text
   keeps any key legal on every MongoDB-compatible server and is written to listeners
   as it is.
-- ``counters``: ``{_id: conversation, n}`` per conversation, and ``{_id: "$seq", n}``
-  for the server-wide position.  ``findAndModify`` with ``$inc`` and upsert hands out
-  a block of numbers atomically, so several processes never share an id or a seq.
+- ``counters``: high-water marks ``{_id: conversation | "$seq", n}`` kept when the
+  newest message is removed, so its numbers are not handed out again.
+
+Ids and seqs: the unique indexes on (conversation, id) and seq are the arbiter (see
+`_allocate`): a process numbers from where it is, and a collision with another
+process makes it re-read the maximum and retry.  A `$inc` counter would be the
+textbook way, but FerretDB 1.24 (the server the tests use) applies `$inc`/
+`findAndModify` as read-then-write and loses increments between connections; an
+insert into a unique index is atomic on every MongoDB-compatible server.
 - ``threads``: one document per thread (``_id`` = thread id).
 
 Dedupe by conversation + uuid is a unique index; an insert that loses a race with
@@ -26,9 +32,8 @@ import json
 import re
 from urllib.parse import urlparse
 
-from pymongo import ReturnDocument
 from pymongo.errors import (AutoReconnect, BulkWriteError, ConnectionFailure,
-                            DuplicateKeyError, OperationFailure)
+                            DuplicateKeyError)
 from twisted.internet import defer
 from twisted.logger import Logger
 from txmongo import filter as qf
@@ -69,6 +74,9 @@ class MongoMessageStore:
         self._pool_size = pool_size
         self._conn: ConnectionPool | None = None
         self._db = None
+        self._next_id: dict[str, int] = {}      # where this process allocates next
+        self._next_seq: int | None = None
+        self._insert_lock = defer.DeferredLock()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -140,7 +148,9 @@ class MongoMessageStore:
     # ------------------------------------------------------------ messages
 
     def insert_many(self, docs):
-        return defer.ensureDeferred(self._insert_many([dict(d) for d in docs]))
+        # One batch at a time per process: the allocation state is this process's.
+        return self._insert_lock.run(
+            lambda: defer.ensureDeferred(self._insert_many([dict(d) for d in docs])))
 
     async def _insert_many(self, docs):
         self._check()
@@ -168,62 +178,75 @@ class MongoMessageStore:
                     if uuid:
                         batch_uuids[(conv, uuid)] = i
                     new.append(i)
-        if new:
+        new.sort()
+        starts_thread = {i for i in new if isinstance(docs[i].get("thread"), dict)
+                         and docs[i]["thread"].get("initial_message") is None}
+        for attempt in range(20):
+            if not new:
+                break
             await self._allocate([docs[i] for i in new])
             rows = []
             for i in new:
-                doc = docs[i]
-                thread = doc.get("thread")
-                if isinstance(thread, dict) and thread.get("initial_message") is None:
-                    thread["initial_message"] = doc["id"]
-                rows.append(self._row(doc))
+                if i in starts_thread:
+                    docs[i]["thread"]["initial_message"] = docs[i]["id"]
+                rows.append(self._row(docs[i]))
             failed = await self._insert_rows(rows)
+            retry = []
             for j, i in enumerate(new):
-                if j in failed:
-                    doc = docs[i]
-                    winner = await self.find_uuid(doc["conversation"], doc["uuid"])
-                    if winner is None:
-                        raise RuntimeError(f"duplicate key for {doc['conversation']} "
-                                           f"#{doc['id']} but no message with its uuid")
-                    results[i] = (winner, False)
-                else:
+                if j not in failed:
                     results[i] = (docs[i], True)
+                    continue
+                doc = docs[i]
+                winner = (await self.find_uuid(doc["conversation"], doc["uuid"])
+                          if doc.get("uuid") else None)
+                if winner is not None:
+                    results[i] = (winner, False)     # another process stored it first
+                else:
+                    # Another process took this id or seq: our numbers were stale.
+                    self._next_id.pop(doc["conversation"], None)
+                    self._next_seq = None
+                    retry.append(i)
+            new = retry
+        if new:
+            raise RuntimeError(f"could not allocate ids for {len(new)} messages")
         for i, result in enumerate(results):
             if result[0] == "same":
                 results[i] = (results[result[1]][0], False)
         return results
 
     async def _allocate(self, docs) -> None:
-        """Give each doc its per-conversation id and a server-wide seq, one block of
-        numbers per conversation (and one for seq) taken atomically."""
-        counts: dict[str, int] = {}
-        for doc in docs:
-            counts[doc["conversation"]] = counts.get(doc["conversation"], 0) + 1
-        next_id = {}
-        for conv, n in counts.items():
-            last = await self._increment(conv, n)
-            next_id[conv] = last - n + 1
-        last_seq = await self._increment(SEQ, len(docs))
-        seq = last_seq - len(docs) + 1
-        for doc in docs:
-            doc["id"] = next_id[doc["conversation"]]
-            next_id[doc["conversation"]] += 1
-            doc["seq"] = seq
-            seq += 1
+        """Give each doc the next id of its conversation and the next seq.
 
-    async def _increment(self, key: str, n: int) -> int:
-        for _ in range(5):
-            try:
-                counter = await self._run(self._db.counters.find_one_and_update(
-                    {"_id": key}, {"$inc": {"n": n}}, upsert=True,
-                    return_document=ReturnDocument.AFTER))
-                return int(counter["n"])
-            except DuplicateKeyError:
-                continue    # two processes created the counter at once; the other won
-            except OperationFailure as e:
-                if e.code != DUPLICATE:
-                    raise
-        raise RuntimeError(f"could not increment counter {key}")
+        The unique indexes on (conversation, id) and seq decide who owns a number:
+        this process remembers where it is, and an insert that collides (another
+        process wrote there) makes it read the current maximum and try again.  With
+        one active consumer that costs nothing; MongoDB-compatible servers that do
+        not apply `$inc` atomically across connections (FerretDB 1.x loses updates
+        under concurrency) still never hand out a number twice."""
+        for conv in {doc["conversation"] for doc in docs}:
+            if conv not in self._next_id:
+                self._next_id[conv] = await self._highest(conv, "id",
+                                                          {"conversation": conv}) + 1
+        if self._next_seq is None:
+            self._next_seq = await self._highest(SEQ, "seq", {}) + 1
+        for doc in docs:
+            doc["id"] = self._next_id[doc["conversation"]]
+            self._next_id[doc["conversation"]] += 1
+            doc["seq"] = self._next_seq
+            self._next_seq += 1
+
+    async def _highest(self, counter: str, field: str, query: dict) -> int:
+        """The largest number in use: the stored maximum, or the high-water mark kept
+        when the newest message was removed (so that a number is never reused)."""
+        rows = await self._run(self._db.messages.find(
+            query, {field: 1}, limit=1, sort=qf.sort(qf.DESCENDING(field))))
+        marks = await self._run(self._db.counters.find({"_id": counter}, limit=1))
+        values = [0]
+        if rows:
+            values.append(int(rows[0][field]))
+        if marks:
+            values.append(int(marks[0]["n"]))
+        return max(values)
 
     @staticmethod
     def _row(doc) -> dict:
@@ -289,8 +312,16 @@ class MongoMessageStore:
     def remove(self, conversation, message_id):
         async def remove():
             self._check()
-            result = await self._run(self._db.messages.delete_one(
-                {"conversation": conversation, "id": int(message_id)}))
+            query = {"conversation": conversation, "id": int(message_id)}
+            rows = await self._run(self._db.messages.find(query, {"seq": 1}, limit=1))
+            if not rows:
+                return False
+            # Keep the high-water marks, so the numbers of a removed newest message
+            # are never handed out again.
+            for key, n in ((conversation, int(message_id)), (SEQ, int(rows[0]["seq"]))):
+                await self._run(self._db.counters.update_one(
+                    {"_id": key}, {"$max": {"n": n}}, upsert=True))
+            result = await self._run(self._db.messages.delete_one(query))
             return result.deleted_count > 0
         return defer.ensureDeferred(remove())
 
