@@ -11,6 +11,7 @@ that every listener in every process writes the same JSON bytes without parsing 
 """
 from __future__ import annotations
 
+import inspect
 import json
 from collections import defaultdict
 from typing import Any, Callable
@@ -126,7 +127,14 @@ class Hub:
                 catch_up = getattr(listener, "catch_up", None)
                 if catch_up is not None and id(listener) not in seen:
                     seen.add(id(listener))
-                    catch_up()
+                    try:
+                        result = catch_up()
+                    except Exception:
+                        log.failure("catch-up after a bus gap failed")
+                        continue
+                    if inspect.isawaitable(result):     # stream listeners' is async
+                        defer.ensureDeferred(result).addErrback(
+                            lambda f: log.failure("catch-up after a bus gap failed", f))
 
 
 class Pipeline:
