@@ -254,6 +254,30 @@ def test_uuid_dedupe(world):
     assert [m["id"] for m in found] == [first.json()["id"]]
 
 
+def test_concurrent_posts_with_one_uuid_store_once(world):
+    from concurrent.futures import ThreadPoolExecutor
+    body = {"flow": world.main["id"], "event": "message", "content": "racing",
+            "uuid": "race-uuid"}
+
+    def post(_):
+        s = requests.Session()
+        s.auth = (world.bob.token, "x")
+        return s.post(world.server.api + "/messages", json=body, timeout=30)
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(post, range(8)))
+    assert {r.status_code for r in replies} == {201}
+    assert len({r.json()["id"] for r in replies}) == 1
+    found = world.bob.get("/flows/acme/main/messages", params={"search": "racing"}).json()
+    assert len(found) == 1
+
+
+def test_vendor_json_content_type(world):
+    r = world.alice.request("POST", "/messages", headers={
+        "Content-Type": "application/vnd.flowdock+json; charset=utf-8"},
+        data=b'{"flow": "%s", "event": "message", "content": "vendor"}' % world.main["id"].encode())
+    assert r.status_code == 201, r.text
+
+
 def test_status_and_line_events(world):
     status = world.bob.post("/messages", {"flow": world.main["id"], "event": "status",
                                           "content": "lunch"})
@@ -384,12 +408,15 @@ def test_list_search_and_skip(world, history):
 
 
 def test_list_filters_in_a_get_json_body(world, history):
-    flow, msgs, _ = history
+    flow, msgs, status = history
     r = world.bob.request("GET", f"{flow['path']}/messages", json={"limit": 1})
     assert ids(r) == [msgs[-1]["id"]]
     # node-flowdock sends `{}` on every GET; the query string wins over the body
     r = world.bob.request("GET", f"{flow['path']}/messages?limit=2", json={"limit": 1})
     assert len(ids(r)) == 2
+    r = world.bob.request("GET", f"{flow['path']}/messages",
+                          json={"event": ["status"], "tags": [], "limit": 100})
+    assert ids(r) == [status["id"]]
 
 
 def test_list_outsiders(world, history):
@@ -682,6 +709,8 @@ def test_update_own_profile_emits_user_edit(world):
     assert f":user:{user.id}" in said["tags"]
     error(user.put(f"/users/{world.alice.id}", {"nick": "pwned"}), 403)
     error(user.put(f"/users/{user.id}", {"nick": "has space"}), 400, "nick")
+    error(user.put(f"/users/{user.id}", {"nick": "BOB"}), 400, "nick")
+    assert user.put(f"/users/{user.id}", {"nick": "Nicholas"}).status_code == 200
     error(user.put(f"/users/{user.id}", {"email": "not-an-email"}), 400, "email")
     error(user.put(f"/users/{user.id}", {"email": world.bob.email}), 400, "email")
 

@@ -141,7 +141,8 @@ def body_params(request) -> dict[str, Any]:
     if not raw:
         return {}
     ctype = (header(request, "content-type") or "").split(";")[0].strip().lower()
-    if ctype in ("application/json", "text/json") or (not ctype and raw[:1] in (b"{", b"[")):
+    if ctype in ("application/json", "text/json") or ctype.endswith("+json") or (
+            not ctype and raw[:1] in (b"{", b"[")):
         if len(raw) > MAX_JSON_BODY:
             raise HTTPError(413, "Request entity too large")
         try:

@@ -39,6 +39,14 @@ def _message_id(value: str) -> int:
     return int(value)
 
 
+def _names(value: Any) -> list[str] | None:
+    """A comma list parameter; a JSON array (filters in a GET body) works too."""
+    if not value:
+        return None
+    items = value if isinstance(value, list) else str(value).split(",")
+    return [str(e).strip() for e in items if str(e).strip()] or None
+
+
 def _bool(value: Any) -> bool:
     return value in (True, 1, "1", "true", "True", "yes", "on")
 
@@ -394,7 +402,7 @@ class RestApi:
         except ValueError:
             raise ValidationError({"tags": ["must be a comma separated list"]})
         return dict(
-            events=[e.strip() for e in str(events).split(",") if e.strip()] if events else None,
+            events=_names(events),
             limit=_int(params.get("limit"), "limit", 30, 1, LIST_EVENT_LIMIT),
             newest_first=sort != "asc",
             since_id=_int(params.get("since_id"), "since_id"),
@@ -591,6 +599,11 @@ class RestApi:
             nick = params["nick"]
             if not isinstance(nick, str) or not re.fullmatch(r"[\w.\-]{1,64}", nick):
                 raise ValidationError({"nick": ["is invalid"]})
+            # @mentions and IRC names resolve nicks: one nick, one person, per organization
+            for org in await self.directory.organizations_of(user.id):
+                if any(u.nick.lower() == nick.lower() and u.id != user.id
+                       for u, _ in await self.directory.org_members(org.id)):
+                    raise ValidationError({"nick": ["has already been taken"]})
             changes["nick"] = nick
         if "email" in params:
             email = params["email"]
