@@ -303,6 +303,7 @@ class RedisBus:
         for link in (self._commands, self._blocking, self._subscriber):
             link.start()
         await self._commands.when_ready()
+        await self._subscriber.when_ready()
         await self._register()
         self._beat = self.reactor.callLater(self.heartbeat, self._tick)
 
