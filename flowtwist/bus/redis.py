@@ -366,7 +366,11 @@ class RedisBus:
         await proto.execute_command("SET", self._alive(self.consumer_id), b"1", "PX", ttl_ms)
         if self._handler is None:
             return
-        leader = bool(await proto.eval(LEASE, [self.lease_key], [self.consumer_id, ttl_ms]))
+        # The lease outlives the heartbeat key by two beats: whoever takes the lease
+        # over finds the previous consumer's heartbeat gone and recovers its items
+        # before consuming anything new (which keeps each flow's ids in order).
+        lease_ms = ttl_ms + int(2000 * self.heartbeat)
+        leader = bool(await proto.eval(LEASE, [self.lease_key], [self.consumer_id, lease_ms]))
         if leader and not self._leader:
             log.info("this process is now the queue consumer ({id})", id=self.consumer_id)
         elif self._leader and not leader:
