@@ -160,7 +160,7 @@ class Chat:
         event = params.get("event")
         if not event:
             raise invalid("event", "can't be blank")
-        if event not in POSTABLE_EVENTS or event == "comment":
+        if not isinstance(event, str) or event not in POSTABLE_EVENTS or event == "comment":
             raise invalid("event", "is not a valid event type")
         writable(flow)
         members = await self.members(flow.id)
@@ -265,7 +265,10 @@ class Chat:
 
     def _base_doc(self, actor: Actor, params: dict, conversation: str) -> Doc:
         uuid = params.get("uuid")
-        if uuid is not None and (not isinstance(uuid, (str, int)) or len(str(uuid)) > 100):
+        if uuid == "":
+            uuid = None     # a blank uuid is no uuid (it must never dedupe two posts)
+        if uuid is not None and (not isinstance(uuid, (str, int)) or isinstance(uuid, bool)
+                                 or len(str(uuid)) > 100):
             raise invalid("uuid", "is invalid")
         doc: Doc = {
             "conversation": conversation, "user": actor.user_id, "content": None,

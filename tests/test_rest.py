@@ -271,6 +271,29 @@ def test_concurrent_posts_with_one_uuid_store_once(world):
     assert len(found) == 1
 
 
+def test_blank_uuid_never_dedupes(world):
+    body = {"flow": world.main["id"], "event": "message", "content": "blank uuid", "uuid": ""}
+    first = world.alice.post("/messages", body)
+    second = world.alice.post("/messages", body)
+    assert first.status_code == second.status_code == 201
+    assert first.json()["id"] != second.json()["id"] and first.json()["uuid"]
+    # and the pipeline still takes posts
+    assert world.alice.say(world.main, "after blank uuids")["id"] > second.json()["id"]
+
+
+@pytest.mark.parametrize("value", [["message"], {"a": 1}, True])
+def test_odd_json_types_are_client_errors(world, value):
+    for method, path, body in [
+            ("POST", "/messages", {"flow": world.main["id"], "event": value, "content": "x"}),
+            ("POST", "/messages", {"flow": world.main["id"], "event": "message",
+                                   "content": "x", "uuid": value}),
+            ("GET", "/flows/acme/main/threads", {"application": value}),
+            ("GET", "/flows/acme/main/messages", {"limit": value}),
+    ]:
+        r = world.alice.request(method, path, json=body)
+        assert 400 <= r.status_code < 500, (method, path, body, r.text)
+
+
 def test_vendor_json_content_type(world):
     r = world.alice.request("POST", "/messages", headers={
         "Content-Type": "application/vnd.flowdock+json; charset=utf-8"},

@@ -23,6 +23,8 @@ def _int(value: Any, field: str, default: int | None = None, lo: int | None = No
          hi: int | None = None) -> int | None:
     if value is None or value == "":
         return default
+    if isinstance(value, (bool, float)):
+        raise ValidationError({field: ["must be an integer"]})
     try:
         number = int(value)
     except (TypeError, ValueError):
@@ -37,6 +39,14 @@ def _message_id(value: str) -> int:
     if not value.isdigit():
         raise NotFound()
     return int(value)
+
+
+def _name(value: Any, field: str) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise ValidationError({field: ["must be a string"]})
+    return value
 
 
 def _names(value: Any) -> list[str] | None:
@@ -116,6 +126,10 @@ class RestApi:
         r("POST", "/flows/:org/:flow/invitations/import", self.invite_import)
         r("GET", "/flows/:org/:flow/invitations/:iid", self.invitation)
         r("DELETE", "/flows/:org/:flow/invitations/:iid", self.invitation_delete)
+        r("GET", "/flows/:org/:flow/feeds", self.flow_feeds)
+        r("POST", "/flows/:org/:flow/feeds", self.feed_create)
+        r("GET", "/flows/:org/:flow/feeds/:fid", self.feed_show)
+        r("DELETE", "/flows/:org/:flow/feeds/:fid", self.feed_delete)
         r("GET", "/files/:owner/:digest/:name", self.file_download)
         r("POST", "/messages/team_inbox/:token", self.push_team_inbox)
         r("POST", "/messages/chat/:token", self.push_chat)
@@ -473,7 +487,7 @@ class RestApi:
         limit = _int(params.get("limit"), "limit", 30, 1, 100)
         threads = await self.app.store.list_threads(
             found.id, until=when("until"), since=when("since"), limit=limit,
-            application=params.get("application") or None,
+            application=_name(params.get("application"), "application"),
             include_empty=_bool(params.get("empty")))
         headers = {}
         if len(threads) == limit:
@@ -704,6 +718,43 @@ class RestApi:
         source = await self._flow_source(request, org, flow, sid)
         await self.directory.delete_source(source.id)
         return Response(204)
+
+    # ------------------------------------------------------------ feeds (RSS/Atom, Twitter)
+
+    async def flow_feeds(self, request, org, flow):
+        from flowtwist.bridges import feeds
+        _, found, path = await self._flow_and_path(request, org, flow)
+        return [feeds.feed_json(f, self.base, path)
+                for f in await self.directory.feeds(found.id) if not f["removed"]]
+
+    async def _flow_feed(self, request, org, flow, fid):
+        user, found, path = await self._flow_and_path(request, org, flow)
+        feed = await self.directory.get_feed(_int(fid, "id"))
+        if feed is None or feed["flow"] != found.id or feed["removed"]:
+            raise NotFound()
+        return user, found, path, feed
+
+    async def feed_create(self, request, org, flow):
+        """`type` rss (`url`), twitter_search (`query`) or twitter_follow
+        (`screen_name`); 201 when added (and the add action posted), 200 if the flow
+        had it already."""
+        from flowtwist.bridges import feeds
+        user, found, path = await self._flow_and_path(request, org, flow)
+        params = request_params(request)
+        kind = params.get("type") or "rss"
+        feed, created = await feeds.subscribe(self.app, user, found, str(kind), params)
+        return Response(201 if created else 200, feeds.feed_json(feed, self.base, path))
+
+    async def feed_show(self, request, org, flow, fid):
+        from flowtwist.bridges import feeds
+        _, _, path, feed = await self._flow_feed(request, org, flow, fid)
+        return feeds.feed_json(feed, self.base, path)
+
+    async def feed_delete(self, request, org, flow, fid):
+        from flowtwist.bridges import feeds
+        user, found, _, feed = await self._flow_feed(request, org, flow, fid)
+        await feeds.unsubscribe(self.app, user, found, feed)
+        return Response(200, {})
 
     # ------------------------------------------------------------ invitations
 
