@@ -48,9 +48,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--password")
     s = sub.add_parser("flow-email", help="print the email address(es) of a flow ORG/FLOW")
     s.add_argument("flow", help="org/flow")
-    s = sub.add_parser("list", help="list organizations, users, flows or members")
-    s.add_argument("what", choices=["orgs", "users", "flows", "members"])
-    s.add_argument("target", nargs="?", help="org/flow for members")
+    s = sub.add_parser("add-feed", help="subscribe a flow ORG/FLOW to an RSS/Atom feed, a "
+                       "Twitter search or account (the running server posts it and polls)")
+    s.add_argument("flow", help="org/flow")
+    s.add_argument("target", help="feed URL, search query or screen name")
+    s.add_argument("--type", default="rss", choices=["rss", "twitter_search", "twitter_follow"])
+    s.add_argument("--by", help="email of the user the add action is attributed to")
+    s = sub.add_parser("remove-feed", help="remove a feed subscription (id from list feeds)")
+    s.add_argument("flow", help="org/flow")
+    s.add_argument("id", type=int)
+    s = sub.add_parser("list", help="list organizations, users, flows, members or feeds")
+    s.add_argument("what", choices=["orgs", "users", "flows", "members", "feeds"])
+    s.add_argument("target", nargs="?", help="org/flow for members (and optionally feeds)")
     return p
 
 
@@ -103,6 +112,26 @@ async def run(args, directory, settings=None) -> None:
         out(f"password of {user.email} changed")
     elif args.command == "list":
         await _list(directory, args.what, args.target, out)
+    elif args.command == "add-feed":
+        from flowtwist.bridges.feeds import KIND_FIELDS, normalise_target
+        from flowtwist.model import ValidationError
+        flow = await _flow(directory, args.flow)
+        by = await _user(directory, args.by) if args.by else None
+        try:
+            target = normalise_target(args.type, {KIND_FIELDS[args.type]: args.target})
+        except ValidationError as e:
+            raise AdminError(f"{args.target}: {e}")
+        feed, created = await directory.create_feed(flow.id, args.type, target,
+                                                    by.id if by else None, announced=False)
+        out(f"feed {feed['id']} {feed['kind']} {feed['target']}"
+            + ("" if created else " (subscribed already)"))
+    elif args.command == "remove-feed":
+        flow = await _flow(directory, args.flow)
+        feed = await directory.get_feed(args.id)
+        if feed is None or feed["flow"] != flow.id or feed["removed"]:
+            raise AdminError(f"no feed {args.id} in {args.flow}")
+        await directory.update_feed(feed["id"], removed=True)
+        out(f"feed {feed['id']} removed")
     elif args.command == "flow-email":
         from flowtwist.bridges.email import FlowAddresses
         flow = await _flow(directory, args.flow)
@@ -147,6 +176,17 @@ async def _list(directory, what, target, out) -> None:
             for flow in await directory.flows_of_org(org.id):
                 out(f"{flow.id}\t{org.parameterized_name}/{flow.parameterized_name}\t"
                     f"{flow.access_mode}\tflow api token {flow.api_token}")
+    elif what == "feeds":
+        flows = [await _flow(directory, target)] if target else [
+            flow for org in await directory.organizations()
+            for flow in await directory.flows_of_org(org.id)]
+        for flow in flows:
+            org = await directory.get_organization(flow.organization_id)
+            for feed in await directory.feeds(flow.id):
+                if not feed["removed"]:
+                    error = (feed["state"] or {}).get("error")
+                    out(f"{feed['id']}\t{org.parameterized_name}/{flow.parameterized_name}\t"
+                        f"{feed['kind']}\t{feed['target']}" + (f"\terror: {error}" if error else ""))
     elif what == "members":
         if not target or "/" not in target:
             raise AdminError("list members needs ORG/FLOW")
