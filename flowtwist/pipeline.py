@@ -20,7 +20,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from flowtwist.interfaces import Bus, Directory, Doc, MessageStore
-from flowtwist.model import flow_channel, iso_ms, now_ms, user_channel
+from flowtwist.model import ChatError, flow_channel, iso_ms, now_ms, user_channel
 
 log = Logger()
 
@@ -172,7 +172,12 @@ class Pipeline:
             try:
                 return await waiter
             except defer.TimeoutError:
-                return await self.store.find_uuid(*key)
+                try:
+                    return await self.store.find_uuid(*key)
+                except ChatError:
+                    # The store is down, but the queue has the item: it is accepted
+                    # (202), and will be stored once the store is back.
+                    return None
         finally:
             waiters = self._waiters.get(key)
             if waiters is not None and waiter in waiters:
