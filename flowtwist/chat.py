@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from typing import Any
 
 import attrs
 
 from flowtwist import tags as tagging
+from flowtwist.html import sanitize
 from flowtwist.accounts import TTLCache
 from flowtwist.interfaces import Directory, Doc, MessageStore
 from flowtwist.model import (MAX_CONTENT, POSTABLE_EVENTS, Flow, FlowMember, Forbidden,
@@ -44,6 +46,11 @@ def invalid(field: str, problem: str) -> ValidationError:
 def wrong_type(field: str, problem: str) -> Unprocessable:
     """A parameter that must be an object and is not: 422, unlike a bad value (400)."""
     return Unprocessable("Unprocessable entity", {field: [problem]})
+
+
+def only_links(markup: str) -> str:
+    """Integration titles and thread field values: text with `<a>` links only."""
+    return re.sub(r"<(?!/?a[\s>])[^>]*>", "", sanitize(markup))
 
 
 def writable(flow: Flow) -> None:
@@ -177,7 +184,10 @@ class Chat:
                 tagging.build_tags(None, self._param_tags(params), mentionable) + [":file"])
         else:   # activity, discussion
             self._integration_fields(doc, params)
+            await self._attachments(doc, params, flow.id)
             doc["tags"] = tagging.build_tags(None, self._param_tags(params), mentionable)
+            if doc["attachments"]:
+                doc["tags"] = tagging.dedupe(doc["tags"] + [":file"])
         if actor.source is not None:
             doc["app"] = "influx"
         await self._place_in_thread(doc, actor, params, flow)
@@ -315,9 +325,33 @@ class Chat:
         body = params.get("body")
         if body is not None and not isinstance(body, str):
             raise invalid("body", "must be a string")
-        doc.update(title=title, body=body, app="influx",
+        doc.update(title=only_links(title), body=sanitize(body) if body else body, app="influx",
                    author={k: str(v) for k, v in author.items()
                            if k in ("name", "avatar", "email") and v is not None})
+
+    async def _attachments(self, doc: Doc, params: dict, owner: str) -> None:
+        """Multipart `attachments[<cid>]` files of an activity/discussion; the body
+        refers to them as `cid:<cid>`, which becomes the stored file's path."""
+        files = params.get("_attachments") or {}
+        if not files:
+            return
+        if self.files is None:
+            raise invalid("attachments", "file uploads are not enabled")
+        cids = {}
+        for name in files:
+            m = re.fullmatch(r"attachments\[([^\]]*)\]", name)
+            if m is None:
+                raise invalid("attachments", f"unexpected file field {name}")
+            cids[name] = m.group(1)
+        if len({bool(c) for c in cids.values()}) > 1:
+            raise invalid("attachments", "either every attachment has an id or none")
+        for name, (data, content_type, file_name) in files.items():
+            attachment = await self.files.save(owner, data, content_type, file_name)
+            if cids[name]:
+                attachment["content_id"] = cids[name]
+                if doc.get("body"):
+                    doc["body"] = doc["body"].replace(f"cid:{cids[name]}", attachment["path"])
+            doc["attachments"].append(attachment)
 
     async def _file(self, doc: Doc, params: dict, owner: str) -> None:
         if self.files is None:
@@ -391,6 +425,10 @@ class Chat:
                 if payload[key] is not None and not isinstance(payload[key], str):
                     raise invalid(f"thread.{key}", "must be a string")
                 out[key] = payload[key]
+                if out[key] and key == "title":
+                    out[key] = only_links(out[key])
+                elif out[key] and key == "body":
+                    out[key] = sanitize(out[key])
         if "status" in payload:
             status = payload["status"]
             if status is not None and (not isinstance(status, dict)
@@ -402,7 +440,8 @@ class Chat:
             if not isinstance(fields, list) or not all(
                     isinstance(f, dict) and "label" in f and "value" in f for f in fields):
                 raise invalid("thread.fields", "must be a list of {label, value}")
-            out["fields"] = [{"label": str(f["label"]), "value": str(f["value"])} for f in fields]
+            out["fields"] = [{"label": str(f["label"]), "value": only_links(str(f["value"]))}
+                             for f in fields]
         if "actions" in payload:
             if not isinstance(payload["actions"], list):
                 raise invalid("thread.actions", "must be a list")

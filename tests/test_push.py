@@ -300,3 +300,43 @@ def test_v1_push_bad_token_is_404_and_posts_nothing(world):
                        "from_address": "a@b.c", "subject": "s"})
         assert r.status_code == 404 and r.json()["message"]
     assert latest(world)["id"] == before
+
+
+def test_activity_attachments_multipart(world, source):
+    r = anon(world, "POST", "/messages", headers=WAIT, data={
+        "flow_token": source["flow_token"], "event": "activity", "title": "screenshot",
+        "author[name]": "Octo", "external_thread_id": "shot-1", "thread[title]": "Shots",
+        "body": '<p>see <img src="cid:shot"></p>'},
+        files={"attachments[shot]": ("shot.png", b"\x89PNG fake", "image/png"),
+               "attachments[log]": ("build.log", b"log lines", "text/plain")})
+    assert r.status_code in (200, 201), r.text
+    m = r.json()
+    assert ":file" in m["tags"]
+    by_id = {a["content_id"]: a for a in m["attachments"]}
+    assert set(by_id) == {"shot", "log"}
+    assert by_id["shot"]["file_name"] == "shot.png" and by_id["shot"]["file_size"] == 9
+    assert f'src="{by_id["shot"]["path"]}"' in m["body"]
+    assert world.bob.get(by_id["log"]["path"]).content == b"log lines"
+    assert world.carol.get(by_id["log"]["path"]).status_code == 404
+    r = anon(world, "POST", "/messages", data={
+        "flow_token": source["flow_token"], "event": "activity", "title": "mixed",
+        "author[name]": "Octo", "external_thread_id": "shot-1"},
+        files={"attachments[a]": ("a.txt", b"a"), "attachments[]": ("b.txt", b"b")})
+    assert r.status_code == 400 and "attachments" in r.json()["errors"]
+
+
+def test_integration_html_is_sanitized(world, source):
+    m = anon(world, "POST", "/messages", headers=WAIT, json={
+        "flow_token": source["flow_token"], "event": "activity",
+        "title": '<b>bold</b> <a href="https://x.io" onclick="evil()">link</a>',
+        "body": '<p onmouseover="evil()">ok</p><script>evil()</script>',
+        "author": {"name": "Octo"}, "external_thread_id": "html-1",
+        "thread": {"title": "<i>T</i> <a href='javascript:evil()'>x</a>",
+                   "body": "<iframe src='x'></iframe><em>fine</em>",
+                   "fields": [{"label": "l", "value": "<img src=x onerror=evil()><a href='/a'>a</a>"}]},
+    }).json()
+    assert m["title"] == 'bold <a href="https://x.io">link</a>'
+    assert m["body"] == "<p>ok</p>"
+    assert m["thread"]["title"] == "T <a>x</a>"
+    assert m["thread"]["body"] == "<em>fine</em>"
+    assert m["thread"]["fields"] == [{"label": "l", "value": '<a href="/a">a</a>'}]

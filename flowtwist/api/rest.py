@@ -368,7 +368,9 @@ class RestApi:
         if thread is not None:
             params["thread_id"] = thread
         files = params.pop("_files", None)
-        if files:
+        if files and params.get("event") in ("activity", "discussion"):
+            params["_attachments"] = files
+        elif files:
             params["_upload"] = files.get("content") or next(iter(files.values()))
             params.setdefault("event", "file")
         if params.get("event") == "comment":
