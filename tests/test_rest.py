@@ -527,9 +527,7 @@ def test_delete_rules(world):
 
 def test_delete_team_inbox_item_removes_it(world):
     flow = new_flow(world, members=[world.bob])
-    token = world.server.admin("list", "flows")
-    api_token = next(line.split()[-1] for line in token.splitlines()
-                     if f"acme/{flow['parameterized_name']}" in line)
+    api_token = flow_api_token(world, flow)
     r = anon(world, "POST", f"/v1/messages/team_inbox/{api_token}", data={
         "source": "x", "from_address": "a@example.com", "subject": "s", "content": "c"})
     assert r.status_code == 200, r.text
@@ -626,6 +624,28 @@ def test_user_external_thread_id_for_activity(world):
     b = world.alice.post("/messages", {**body, "event": "discussion", "body": "a comment",
                                        "thread": None})
     assert b.status_code == 201 and b.json()["thread_id"] == a.json()["thread_id"]
+
+
+def flow_api_token(world, flow) -> str:
+    listing = world.server.admin("list", "flows")
+    return next(line.split()[-1] for line in listing.splitlines()
+                if f"acme/{flow['parameterized_name']}" in line)
+
+
+def test_thread_listing_by_application(world):
+    flow = new_flow(world)
+    world.alice.say(flow, "a chat topic")
+    r = anon(world, "POST", f"/v1/messages/team_inbox/{flow_api_token(world, flow)}", data={
+        "source": "x", "from_address": "a@example.com", "subject": "an inbox item",
+        "content": "c"})
+    assert r.status_code == 200
+    path = f"{flow['path']}/threads"
+    titles = lambda **p: [t["title"] for t in world.alice.get(path, params=p).json()]
+    assert titles() == ["an inbox item", "a chat topic"]
+    assert titles(application="chat") == ["a chat topic"]
+    assert titles(application="inbox") == ["an inbox item"]
+    r = world.alice.request("HEAD", path)
+    assert r.status_code == 200 and r.content == b""
 
 
 def test_thread_listing_pages_with_link(world):
