@@ -47,6 +47,17 @@ class IRCGateway(protocol.Factory):
         self._orgs: dict[int, Organization] = {}
         self._render_event = None
         self._render_cache: dict = {}
+        self._active: dict[int, int] = {}
+
+    def presence_changed(self, user_id: int, active: bool) -> bool:
+        """Count a user's active connections; True when the user as a whole turned
+        active (first one) or idle (last one)."""
+        count = self._active.get(user_id, 0) + (1 if active else -1)
+        if count <= 0:
+            self._active.pop(user_id, None)
+            return not active
+        self._active[user_id] = count
+        return active and count == 1
 
     def buildProtocol(self, addr):
         return IRCConnection(self)

@@ -87,6 +87,7 @@ class IRCConnection(Commands, irc.IRC):
         self.subscriptions: list[str] = []
         self.away = False
         self.presence: dict[int, tuple[bool, int]] = {}   # user id → (active, since ms)
+        self._shown_active = False
         # wire
         self._buffer = b""
         self._discarding = False
@@ -148,7 +149,7 @@ class IRCConnection(Commands, irc.IRC):
         self._unsubscribe_all()
         self._inbox.clear()
         self._events.clear()
-        if self.user is not None and not self.away:
+        if self.user is not None:
             self._announce_presence(False)
 
     def readConnectionLost(self):
@@ -481,7 +482,14 @@ class IRCConnection(Commands, irc.IRC):
     # ------------------------------------------------------------ presence
 
     def _announce_presence(self, active: bool) -> None:
+        """Announce this user active or idle in its open flows, when that changes
+        for the user (many connections of one account announce once)."""
         if self.user is None:
+            return
+        if active == self._shown_active:
+            return
+        self._shown_active = active
+        if not self.gateway.presence_changed(self.user.id, active):
             return
         for channel in self.channels.values():
             if channel.open:
@@ -530,6 +538,9 @@ class IRCConnection(Commands, irc.IRC):
             del self._posted[event.uuid]
             return
         msg = event.message
+        if msg.get("event") == "activity.user":     # frequent: keep it cheap
+            self._note_presence(msg)
+            return
         if self._events or self.needs_preparation(msg):
             self._events.append(event)
             if len(self._events) == 1:

@@ -2,6 +2,7 @@
 see) and its roster (the nick it shows for every visible user)."""
 from __future__ import annotations
 
+import functools
 from typing import Iterable
 
 import attrs
@@ -16,7 +17,7 @@ def channel_name(org: Organization, flow: Flow) -> str:
     return f"#{org.parameterized_name}/{flow.parameterized_name}"
 
 
-@attrs.define
+@attrs.define(slots=False)
 class Channel:
     """A visible flow.  `open` is the membership's open flag: joined on IRC."""
     flow: Flow
@@ -25,11 +26,11 @@ class Channel:
     open: bool
     members: list[tuple[User, FlowMember]] = attrs.Factory(list)
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
         return channel_name(self.org, self.flow)
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         return wire.irc_lower(self.name)
 
@@ -55,6 +56,7 @@ class Roster:
         self.users: dict[int, User] = {me.id: me}
         self.nicks: dict[int, str] = {}
         self.by_nick: dict[str, int] = {}
+        self.hosts: dict[int, str] = {}     # `nick!email` by user id, for rendering
         self.rebuild([])
 
     def rebuild(self, users: Iterable[User]) -> list[tuple[int, str, str]]:
@@ -79,6 +81,7 @@ class Roster:
             nicks[uid] = nick
             taken.add(wire.irc_lower(nick))
         self.nicks = nicks
+        self.hosts = {}
         self.by_nick = {wire.irc_lower(n): uid for uid, n in nicks.items()}
         return [(uid, old[uid], nicks[uid]) for uid in nicks
                 if uid in old and old[uid] != nicks[uid]]
@@ -91,4 +94,9 @@ class Roster:
         return self.users.get(uid) if uid is not None else None
 
     def host(self, user: User) -> str:
-        return f"{self.nicks.get(user.id) or wire.irc_nick(user.nick)}!{user.email}"
+        host = self.hosts.get(user.id)
+        if host is None or self.users.get(user.id) is not user:
+            host = f"{self.nicks.get(user.id) or wire.irc_nick(user.nick)}!{user.email}"
+            if self.users.get(user.id) is user:
+                self.hosts[user.id] = host
+        return host
