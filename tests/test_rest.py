@@ -229,6 +229,19 @@ def test_post_message_shape(world):
     assert not [k for k in m["thread"] if k.startswith("_")]
 
 
+def test_spec_tag_example_end_to_end(world):
+    marty = world.server.create_user("marty", "acme")
+    flow = new_flow(world, members=[marty])
+    m = world.alice.say(flow, "@Marty the #bug is back, see http://x.io", tags=["#space-time"])
+    assert m["tags"] == [f":user:{marty.id}", f":unread:{marty.id}", ":url", "bug", "space-time"]
+    everyone = world.alice.say(flow, "@everyone standup")
+    assert everyone["tags"][0] == ":user:everyone"
+    assert {f":unread:{world.alice.id}", f":unread:{marty.id}"} <= set(everyone["tags"])
+    # a blocked member is not mentionable
+    world.alice.put(f"{flow['path']}/users/{marty.id}", {"disabled": True})
+    assert world.alice.say(flow, "@marty are you there")["tags"] == []
+
+
 def test_post_paths_and_ids_increase(world):
     a = world.alice.post("/flows/acme/main/messages", {"event": "message", "content": "by path"})
     b = world.alice.post("/v1/messages", {"flow": world.main["id"], "event": "message",
