@@ -51,10 +51,14 @@ def build_app(settings: dict, reactor=None) -> App:
         stream_url=stream_url.rstrip("/"), server_name=settings["server-name"])
 
 
-def build_web(app: App):
+def build_web(app: App, settings: dict | None = None):
     """The web port's resource tree and the stream port's resource."""
     auth = Authenticator(app.accounts, app.directory)
-    rest = RestApi(app, auth)
+    mail = None
+    if settings and settings.get("smtp"):      # flows show their address when mail is on
+        from flowtwist.bridges.email import FlowAddresses
+        mail = FlowAddresses.from_settings(settings)
+    rest = RestApi(app, auth, mail_addresses=mail)
     root = WebRoot(rest.router, StreamResource(app, auth, prefix=b"/stream"))
     return root, StreamResource(app, auth), auth
 
@@ -77,7 +81,7 @@ class FlowtwistService(service.MultiService):
         self.reactor = reactor
         self.settings = settings
         self.app = build_app(settings, reactor)
-        self.web_root, self.stream_root, self.auth = build_web(self.app)
+        self.web_root, self.stream_root, self.auth = build_web(self.app, settings)
         self.listeners = service.MultiService()
         self.started = defer.Deferred()
 

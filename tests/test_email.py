@@ -298,6 +298,9 @@ def test_starttls(world, stream, tls_files):
     assert next_mail(stream)["content"]["subject"] == "Secret"
 
 
-def test_admin_shows_the_flow_address(world):
+def test_admin_and_rest_show_the_flow_address(world):
     out = world.server.admin("--mail-domain", DOMAIN, "flow-email", "acme/main")
     assert out.split() == [MAIN, f"acme+main@{DOMAIN}"]
+    assert world.alice.get("/flows/acme/main").json()["email"] == MAIN
+    assert {f["email"] for f in world.alice.get("/flows").json()} == {
+        MAIN, f"side@acme.{DOMAIN}"}

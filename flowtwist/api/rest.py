@@ -66,8 +66,9 @@ def _wants_wait(request) -> bool:
 
 
 class RestApi:
-    def __init__(self, app: App, auth: Authenticator):
+    def __init__(self, app: App, auth: Authenticator, mail_addresses=None):
         self.app = app
+        self.mail_addresses = mail_addresses    # flowtwist.bridges.email.FlowAddresses
         self.auth = auth
         self.chat = app.chat
         self.directory = app.directory
@@ -155,9 +156,13 @@ class RestApi:
         members = await self.chat.members(flow.id)
         users = [shapes.flow_user_json(u, m) for u, m in members] if with_users else None
         mine = next((m for u, m in members if u.id == user.id), None)
-        return shapes.flow_json(flow, org, self.base, joined=joined,
-                                open=mine.open if mine else False, users=users,
-                                user_count=len(members))
+        out = shapes.flow_json(flow, org, self.base, joined=joined,
+                               open=mine.open if mine else False, users=users,
+                               user_count=len(members))
+        if self.mail_addresses is not None:
+            out["email"] = self.mail_addresses.addresses(org.parameterized_name,
+                                                         flow.parameterized_name)[0]
+        return out
 
     def _flow_path(self, flow: Flow, org) -> str:
         return f"{org.parameterized_name}/{flow.parameterized_name}"
