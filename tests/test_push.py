@@ -107,6 +107,15 @@ def test_flow_token_uuid_dedupe(world, source):
     assert [m["id"] for m in found if m["uuid"] == "ci-build-77"] == [first["id"]]
 
 
+def test_flow_token_posts_only_into_its_flow(world, source):
+    body = {"flow_token": source["flow_token"], "event": "message", "content": "by path"}
+    assert anon(world, "POST", "/flows/acme/main/messages", json=body).status_code == 202
+    r = anon(world, "POST", "/flows/acme/side/messages", json=body)
+    assert r.status_code == 404
+    assert "by path" not in [m["content"] for m in
+                             world.alice.get("/flows/acme/side/messages").json()]
+
+
 def test_unknown_flow_token_is_404(world):
     r = anon(world, "POST", "/messages", json={"flow_token": "nope", "event": "message",
                                                "content": "x"})

@@ -357,6 +357,10 @@ class RestApi:
             found = await self.chat.flow(actor.source.flow_id)
             if found is None:
                 raise NotFound()
+            if org is not None:     # a source posts into its own flow only
+                named = await self.directory.flow_by_name(org, flow)
+                if named is None or named.id != found.id:
+                    raise NotFound()
             return found
         if org is not None:
             return await self.chat.flow_by_path(user, org, flow)
