@@ -252,7 +252,11 @@ class Pipeline:
                 continue
             current = threads.get(thread["id"])
             if current is None:
-                current = await self.store.get_thread(thread["id"]) or {}
+                # A chat thread this very message started (a fresh id) has nothing
+                # stored yet: no need to read it.
+                fresh = (thread.get("initial_message") == doc.get("id")
+                         and not thread.get("_external_id"))
+                current = {} if fresh else (await self.store.get_thread(thread["id"]) or {})
                 current = {**current, **thread}
             else:
                 current.update({k: v for k, v in thread.items()
@@ -265,8 +269,8 @@ class Pipeline:
             current["_updated_ms"] = doc["sent"]
             current["_empty"] = False
             threads[thread["id"]] = current
-        for thread in threads.values():
-            await self.store.save_thread(thread)
+        await defer.gatherResults([defer.ensureDeferred(self.store.save_thread(thread))
+                                   for thread in threads.values()])
 
     async def _derived(self, item: Doc, event: str, content: Any) -> list[Doc]:
         """Store the event that announces an edit or delete (idempotent by uuid)."""

@@ -157,27 +157,17 @@ class MongoMessageStore:
         results: list = [None] * len(docs)
         batch_uuids: dict[tuple, int] = {}
         new: list[int] = []
-        # Dedupe against the store, one query per conversation, and within the batch.
-        by_conv: dict[str, list[int]] = {}
+        # Duplicates within the batch are settled here; duplicates of stored messages
+        # by the unique index (an insert is cheap everywhere, while a query by uuid is
+        # a collection scan on FerretDB 1.x, which pushes down only `_id` lookups).
         for i, doc in enumerate(docs):
-            by_conv.setdefault(doc["conversation"], []).append(i)
-        for conv, indexes in by_conv.items():
-            uuids = [docs[i]["uuid"] for i in indexes if docs[i].get("uuid")]
-            existing = {}
-            if uuids:
-                rows = await self._run(self._db.messages.find(
-                    {"conversation": conv, "u": {"$in": uuids}}))
-                existing = {row["u"]: _load(row) for row in rows}
-            for i in indexes:
-                uuid = docs[i].get("uuid")
-                if uuid and uuid in existing:
-                    results[i] = (existing[uuid], False)
-                elif uuid and (conv, uuid) in batch_uuids:
-                    results[i] = ("same", batch_uuids[(conv, uuid)])
-                else:
-                    if uuid:
-                        batch_uuids[(conv, uuid)] = i
-                    new.append(i)
+            key = (doc["conversation"], doc.get("uuid"))
+            if key[1] and key in batch_uuids:
+                results[i] = ("same", batch_uuids[key])
+            else:
+                if key[1]:
+                    batch_uuids[key] = i
+                new.append(i)
         new.sort()
         starts_thread = {i for i in new if isinstance(docs[i].get("thread"), dict)
                          and docs[i]["thread"].get("initial_message") is None}
@@ -192,13 +182,13 @@ class MongoMessageStore:
                 rows.append(self._row(docs[i]))
             failed = await self._insert_rows(rows)
             retry = []
+            stored = await self._stored_uuids([docs[new[j]] for j in failed])
             for j, i in enumerate(new):
                 if j not in failed:
                     results[i] = (docs[i], True)
                     continue
                 doc = docs[i]
-                winner = (await self.find_uuid(doc["conversation"], doc["uuid"])
-                          if doc.get("uuid") else None)
+                winner = stored.get((doc["conversation"], doc.get("uuid")))
                 if winner is not None:
                     results[i] = (winner, False)     # another process stored it first
                 else:
@@ -213,6 +203,20 @@ class MongoMessageStore:
             if result[0] == "same":
                 results[i] = (results[result[1]][0], False)
         return results
+
+    async def _stored_uuids(self, docs) -> dict:
+        """The stored messages with these docs' uuids, one query per conversation."""
+        found: dict = {}
+        by_conv: dict[str, list[str]] = {}
+        for doc in docs:
+            if doc.get("uuid"):
+                by_conv.setdefault(doc["conversation"], []).append(doc["uuid"])
+        for conv, uuids in by_conv.items():
+            rows = await self._run(self._db.messages.find(
+                {"conversation": conv, "u": {"$in": uuids}}))
+            for row in rows:
+                found[(conv, row["u"])] = _load(row)
+        return found
 
     async def _allocate(self, docs) -> None:
         """Give each doc the next id of its conversation and the next seq.
@@ -392,6 +396,13 @@ class MongoMessageStore:
 
         async def save():
             self._check()
+            # Most saves are of a thread that a message has just started: an insert,
+            # which is cheap everywhere (an upsert scans the collection on FerretDB 1.x).
+            try:
+                await self._run(self._db.threads.insert_one({"_id": thread["id"], **row}))
+                return
+            except DuplicateKeyError:
+                pass
             await self._run(self._db.threads.replace_one({"_id": thread["id"]}, row,
                                                          upsert=True))
         return defer.ensureDeferred(save())
