@@ -538,9 +538,20 @@ class IRCConnection(Commands, irc.IRC):
             del self._posted[event.uuid]
             return
         msg = event.message
-        if msg.get("event") == "activity.user":     # frequent: keep it cheap
+        kind = msg.get("event")
+        if kind == "activity.user":     # frequent: keep it cheap
             self._note_presence(msg)
             return
+        if not self._events and kind in render.STATELESS:
+            # The fan-out hot path: a chat event by a user this connection knows.
+            channel = self.by_flow.get(msg.get("flow"))
+            host = self.roster.host_by_id(msg.get("user")) if channel is not None else None
+            if host is not None:
+                if channel.open:
+                    self.write(self.gateway.rendered(
+                        event, host, channel.name,
+                        lambda: render.RENDERERS[kind](_EventView(self, channel.name), msg)))
+                return
         if self._events or self.needs_preparation(msg):
             self._events.append(event)
             if len(self._events) == 1:

@@ -57,6 +57,7 @@ class Roster:
         self.nicks: dict[int, str] = {}
         self.by_nick: dict[str, int] = {}
         self.hosts: dict[int, str] = {}     # `nick!email` by user id, for rendering
+        self._by_event_id: dict = {}
         self.rebuild([])
 
     def rebuild(self, users: Iterable[User]) -> list[tuple[int, str, str]]:
@@ -82,6 +83,7 @@ class Roster:
             taken.add(wire.irc_lower(nick))
         self.nicks = nicks
         self.hosts = {}
+        self._by_event_id = {}
         self.by_nick = {wire.irc_lower(n): uid for uid, n in nicks.items()}
         return [(uid, old[uid], nicks[uid]) for uid in nicks
                 if uid in old and old[uid] != nicks[uid]]
@@ -92,6 +94,19 @@ class Roster:
     def find(self, nick: str) -> User | None:
         uid = self.by_nick.get(wire.irc_lower(nick))
         return self.users.get(uid) if uid is not None else None
+
+    def host_by_id(self, user_id) -> str | None:
+        """The host of a known user by the id as events carry it ("42"), or None."""
+        host = self._by_event_id.get(user_id)
+        if host is None:
+            try:
+                user = self.users.get(int(user_id))
+            except (TypeError, ValueError):
+                return None
+            if user is None:
+                return None
+            host = self._by_event_id[user_id] = self.host(user)
+        return host
 
     def host(self, user: User) -> str:
         host = self.hosts.get(user.id)
