@@ -227,3 +227,27 @@ async def test_redis_down_is_unavailable_then_recovers():
     finally:
         await bus.stop()
         server.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_poison_item_does_not_take_its_batch_with_it(make_bus):
+    bus = make_bus(max_attempts=2)
+    await bus.start()
+    try:
+        stored = []
+
+        async def handler(items):
+            if any(item.get("poison") for item in items):
+                raise RuntimeError("cannot store this")
+            stored.extend(item["n"] for item in items)
+        for n in range(5):
+            await bus.enqueue({"n": n, "poison": n == 2})
+        bus.consume(lambda items: defer.ensureDeferred(handler(items)))
+        await until(lambda: sorted(stored) == [0, 1, 3, 4])
+        deadline = time.monotonic() + 10
+        while not await dead_letters(bus) and time.monotonic() < deadline:
+            await task.deferLater(reactor, 0.05)
+        assert await dead_letters(bus) == [{"n": 2, "poison": True}]
+        assert sorted(stored) == [0, 1, 3, 4]      # each good item stored once
+    finally:
+        await bus.stop()

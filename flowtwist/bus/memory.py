@@ -37,7 +37,7 @@ class MemoryBus:
         return defer.succeed(None)
 
     def enqueue(self, item):
-        self._queue.append([item, 0])
+        self._queue.append([item, 0, False])   # item, failed attempts, retry alone
         self._kick()
         return defer.succeed(None)
 
@@ -54,14 +54,24 @@ class MemoryBus:
     async def _drain(self):
         try:
             while self._handler is not None and self._queue:
-                batch = [self._queue.popleft()
-                         for _ in range(min(self._batch, len(self._queue)))]
+                if self._queue[0][2]:
+                    batch = [self._queue.popleft()]
+                else:
+                    batch = []
+                    while self._queue and not self._queue[0][2] and len(batch) < self._batch:
+                        batch.append(self._queue.popleft())
                 try:
-                    await self._handler([item for item, _ in batch])
+                    await self._handler([entry[0] for entry in batch])
                 except Exception:
                     log.failure("queue consumer failed; retrying {n} items", n=len(batch))
                     retry = []
                     for entry in batch:
+                        # A failed batch is retried item by item, so that one bad
+                        # item cannot take good ones to the dead-letter list with it.
+                        if len(batch) > 1:
+                            entry[2] = True
+                            retry.append(entry)
+                            continue
                         entry[1] += 1
                         if entry[1] >= self._max_attempts:
                             log.error("dead-lettering item after {n} attempts: {item!r}",

@@ -478,13 +478,25 @@ class RedisBus:
             await self._handler([item for _, _, item in entries])
         except Exception:
             log.failure("queue consumer failed; retrying {n} items", n=len(entries))
-            try:
-                await self._fail([(qid, raw) for qid, raw, _ in entries])
-            except Exception as e:
-                log.warn("could not record the failed attempt: {e}", e=e)
-                await self._requeue_own()
-            await _sleep(self.reactor, 0.2)
-            return
+            # Retry item by item, so that one bad item cannot take the good ones of
+            # its batch to the dead-letter list with it.
+            failed, done = [], []
+            for entry in entries if len(entries) > 1 else ():
+                try:
+                    await self._handler([entry[2]])
+                    done.append(entry)
+                except Exception:
+                    failed.append(entry)
+            failed, entries = (failed, done) if len(entries) > 1 else (entries, [])
+            if failed:
+                try:
+                    await self._fail([(qid, raw) for qid, raw, _ in failed])
+                except Exception as e:
+                    log.warn("could not record the failed attempt: {e}", e=e)
+                    await self._requeue_own()
+                await _sleep(self.reactor, 0.2)
+            if not entries:
+                return
         try:
             proto = await self._commands.when_ready()
             args = [x for qid, raw, _ in entries for x in (qid, raw)]
