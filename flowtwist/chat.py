@@ -273,6 +273,46 @@ class Chat:
                     "attachments": [], "edited": None}
         await self.pipeline.submit({"op": "post", "doc": doc}, wait=True)
 
+    # ------------------------------------------------------------ membership
+
+    async def add_members(self, by: User, flow: Flow, users: list[User]) -> list[User]:
+        """Add users to a flow and tell everyone: an `action` in the flow (`join` when
+        people add themselves, else `add_people` with their nicks) and a `flow-add`
+        to each person added.  Returns those who were not members yet."""
+        current = {u.id for u, _ in await self.members(flow.id)}
+        added = [u for u in users if u.id not in current]
+        if not added:
+            return []
+        for user in added:
+            await self.directory.add_flow_member(flow.id, user.id)
+        self.forget_flow(flow.id)
+        if [u.id for u in added] == [by.id]:
+            await self.post_action(by, flow, "join", "")
+        else:
+            await self.post_action(by, flow, "add_people", ", ".join(u.nick for u in added))
+        summary = await self._flow_summary(flow)
+        for user in added:
+            await self._tell_user(user.id, by.id, "flow-add", summary)
+        return added
+
+    async def flows_lost(self, user_id: int, flows: list[Flow]) -> None:
+        """Tell a user they no longer have these flows (`flow-remove`)."""
+        for flow in flows:
+            self.forget_flow(flow.id)
+            await self._tell_user(user_id, user_id, "flow-remove", {"id": flow.id})
+
+    async def _flow_summary(self, flow: Flow) -> Doc:
+        org = await self.directory.get_organization(flow.organization_id)
+        return {"id": flow.id, "name": flow.name, "open": True,
+                "organization": {"id": org.id, "name": org.name,
+                                 "parameterized_name": org.parameterized_name}}
+
+    async def _tell_user(self, user_id: int, by_id: int, event: str, content: Any) -> None:
+        """An event for one person only, on their user channel (not stored)."""
+        await self.pipeline.publish_transient({
+            "conversation": private_key(user_id, user_id), "event": event,
+            "user": by_id, "content": content, "tags": [], "sent": now_ms()})
+
     def _base_doc(self, actor: Actor, params: dict, conversation: str) -> Doc:
         uuid = params.get("uuid")
         if uuid == "":
@@ -397,6 +437,9 @@ class Chat:
                 if integration and not (payload and payload.get("title")):
                     raise invalid("thread", "must have a title for a new thread")
                 thread = self._new_thread(thread_id, flow, doc)
+                if actor.source is not None:
+                    thread["source"] = {"id": actor.source.id, "name": actor.source.name,
+                                        "application": {"name": actor.source.name}}
                 thread.update(_source_key=source_key, _external_id=str(external),
                               _application="inbox")
         elif integration:

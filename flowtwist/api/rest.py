@@ -216,9 +216,10 @@ class RestApi:
         if not await self._is_org_admin(user, found.id):
             raise Forbidden("Only organization admins can do that")
         uid = _int(uid, "id")
-        for flow in await self.directory.flows_of_org(found.id):
-            self.chat.forget_flow(flow.id)
+        mine = {m.flow_id for m in await self.directory.memberships_of(uid)}
+        lost = [f for f in await self.directory.flows_of_org(found.id) if f.id in mine]
         await self.directory.remove_org_member(found.id, uid)
+        await self.chat.flows_lost(uid, lost)
         return Response(204)
 
     # ------------------------------------------------------------ flows
@@ -277,9 +278,7 @@ class RestApi:
             await self._org_of(user, org)
             if not (_bool(params.get("open")) and found.access_mode == "organization"):
                 raise NotFound()
-            await self.directory.add_flow_member(found.id, user.id)
-            self.chat.forget_flow(found.id)
-            await self.chat.post_action(user, found, "join", "")
+            await self.chat.add_members(user, found, [user])
         elif member.disabled:
             raise Forbidden("You have been blocked from this flow")
         changes: dict[str, Any] = {}
@@ -317,10 +316,10 @@ class RestApi:
         uid = _int(request_params(request).get("id"), "id")
         if uid is None:
             raise ValidationError({"id": ["can't be blank"]})
-        if uid not in {u.id for u, _ in await self.directory.org_members(found.organization_id)}:
+        org_members = {u.id: u for u, _ in await self.directory.org_members(found.organization_id)}
+        if uid not in org_members:
             raise ValidationError({"id": ["is not a member of the organization"]})
-        await self.directory.add_flow_member(found.id, uid)
-        self.chat.forget_flow(found.id)
+        await self.chat.add_members(user, found, [org_members[uid]])
         return {}
 
     async def flow_block_user(self, request, org, flow, uid):
@@ -802,7 +801,7 @@ class RestApi:
         return Response(201, self._invitation_json(invitation, path))
 
     async def invite_import(self, request, org, flow):
-        _, found, path = await self._flow_and_path(request, org, flow)
+        inviter, found, path = await self._flow_and_path(request, org, flow)
         params = request_params(request)
         text = params.get("list")
         if not isinstance(text, str) or not text.strip():
@@ -820,8 +819,7 @@ class RestApi:
                 wrong.append({entry: "is not a valid email address"})
             elif email.lower() in members:
                 user = members[email.lower()]
-                await self.directory.add_flow_member(found.id, user.id)
-                self.chat.forget_flow(found.id)
+                await self.chat.add_members(inviter, found, [user])
                 member = await self.chat.membership(found.id, user.id)
                 added.append(shapes.flow_user_json(user, member))
             else:
