@@ -269,6 +269,10 @@ class Pipeline:
             current["_updated_ms"] = doc["sent"]
             current["_empty"] = False
             threads[thread["id"]] = current
+        save_threads = getattr(self.store, "save_threads", None)
+        if save_threads is not None and len(threads) > 1:     # one transaction
+            await save_threads(list(threads.values()))
+            return
         await defer.gatherResults([defer.ensureDeferred(self.store.save_thread(thread))
                                    for thread in threads.values()])
 

@@ -142,23 +142,22 @@ class SqliteMessageStore:
                 if row:
                     results.append((_load(row), False))
                     continue
-            conn.execute(
-                "INSERT INTO counters VALUES (?, 1) ON CONFLICT(conversation) "
-                "DO UPDATE SET last_id = last_id + 1", (conv,))
             (doc["id"],) = conn.execute(
-                "SELECT last_id FROM counters WHERE conversation=?", (conv,)).fetchone()
+                "INSERT INTO counters VALUES (?, 1) ON CONFLICT(conversation) "
+                "DO UPDATE SET last_id = last_id + 1 RETURNING last_id", (conv,)).fetchone()
             thread = doc.get("thread")
             if isinstance(thread, dict) and thread.get("initial_message") is None:
                 thread["initial_message"] = doc["id"]
+            # The stored JSON has no "seq": _load takes it from the row (one statement
+            # per message instead of an INSERT and an UPDATE).
+            doc.pop("seq", None)
             cur = conn.execute(
                 "INSERT INTO messages (conversation, id, uuid, event, thread_id, tags,"
-                " search_text, doc) VALUES (?,?,?,?,?,?,?,'')",
+                " search_text, doc) VALUES (?,?,?,?,?,?,?,?)",
                 (conv, doc["id"], doc.get("uuid"), doc["event"], doc.get("thread_id"),
                  json.dumps([t.lower() for t in doc.get("tags", [])]),
-                 searchable_text(doc)))
+                 searchable_text(doc), json.dumps(doc, separators=(",", ":"))))
             doc["seq"] = cur.lastrowid
-            conn.execute("UPDATE messages SET doc=? WHERE seq=?",
-                         (json.dumps(doc, separators=(",", ":")), doc["seq"]))
             results.append((doc, True))
         return results
 
@@ -247,15 +246,11 @@ class SqliteMessageStore:
 
     # threads
     def save_thread(self, thread):
-        def save(conn):
-            conn.execute(
-                "INSERT OR REPLACE INTO threads (id, flow, source_key, external_id,"
-                " updated_at, application, empty, doc) VALUES (?,?,?,?,?,?,?,?)",
-                (thread["id"], thread.get("flow"), thread.get("_source_key"),
-                 thread.get("_external_id"), thread.get("_updated_ms", 0),
-                 thread.get("_application"), int(bool(thread.get("_empty"))),
-                 json.dumps(thread)))
-        return self._db.run(save)
+        return self._db.run(_save_threads, [thread])
+
+    def save_threads(self, threads):
+        """Several threads in one transaction (the consumer saves a batch's at once)."""
+        return self._db.transaction(_save_threads, list(threads))
 
     def get_thread(self, thread_id):
         return self._db.run(_one_thread, "SELECT doc FROM threads WHERE id=?", (thread_id,))
@@ -283,6 +278,16 @@ class SqliteMessageStore:
                "ORDER BY updated_at DESC LIMIT ?")
         args.append(int(limit))
         return self._db.run(lambda conn: [json.loads(r[0]) for r in conn.execute(sql, args)])
+
+
+def _save_threads(conn, threads):
+    conn.executemany(
+        "INSERT OR REPLACE INTO threads (id, flow, source_key, external_id,"
+        " updated_at, application, empty, doc) VALUES (?,?,?,?,?,?,?,?)",
+        [(thread["id"], thread.get("flow"), thread.get("_source_key"),
+          thread.get("_external_id"), thread.get("_updated_ms", 0),
+          thread.get("_application"), int(bool(thread.get("_empty"))),
+          json.dumps(thread)) for thread in threads])
 
 
 def _load(row):
