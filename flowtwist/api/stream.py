@@ -472,6 +472,8 @@ class StreamResource(resource.Resource):
         listener.subscribe()
         request.notifyFinish().addBoth(lambda _: listener.close())
         request.registerProducer(listener, True)
+        if getattr(request.channel, "_waitingForTransport", False):
+            listener.pauseProducing()   # the socket was full before we registered
         self.remember(listener)
         # Send the headers now: clients count the stream as connected at the status.
         request.write(b"")
