@@ -405,6 +405,17 @@ def test_gap_catch_up_reads_from_last_position(h):
     assert [e["id"] for e in c.json_events()] == [1, 2, 3]
 
 
+def test_gap_during_resume_reads_the_store_again(h):
+    h.store.add(MAIN.id, 1, 1)
+    h.store.hold = True
+    c = h.open(headers=["Last-Event-ID: 0"])
+    h.store.add(MAIN.id, 2, 2)           # stored after the query; its publish lost
+    h.app.pipeline.hub._gap()
+    h.store.hold = False
+    h.store.release()
+    assert [e["id"] for e in c.json_events()] == [1, 2]
+
+
 # ---------------------------------------------------------------- presence
 
 def test_active_announced_once_per_person_and_flow(h):

@@ -184,8 +184,11 @@ class ConversationListener:
         """Send what the store has after `since` (default: our last position), then
         the live events that arrived meanwhile.  The Hub calls this after a bus gap."""
         start = self.last_seq if since is None else since
-        if self.closed or start is None or self._buffer is not None:
-            return      # no position yet, or already catching up (it reads to the end)
+        if self._buffer is not None:
+            self._buffer_lost = True    # already catching up: read the store once more
+            return
+        if self.closed or start is None:
+            return      # no position yet: nothing to catch up from
         self.hold()
         await self.replay(start)
 
@@ -256,6 +259,7 @@ class StreamListener(ConversationListener):
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self._drain_waiters: list[defer.Deferred] = []
+        self.chunked_transport = None   # set once the headers are written
 
     # producer interface: the transport tells us when its buffer is full
     def pauseProducing(self):
@@ -294,7 +298,13 @@ class StreamListener(ConversationListener):
         if self.closed:
             return
         if not self.paused:
-            self.request.write(data)
+            transport = self.chunked_transport
+            if transport is not None and data:
+                # Headers are out: frame the chunk here rather than through
+                # Request.write (its bookkeeping is the fan-out's hottest call).
+                transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+            else:
+                self.request.write(data)
             return
         self.pending.append(data)
         self.pending_bytes += len(data)
@@ -477,6 +487,8 @@ class StreamResource(resource.Resource):
         self.remember(listener)
         # Send the headers now: clients count the stream as connected at the status.
         request.write(b"")
+        if request.chunked and not request.finished:
+            listener.chunked_transport = request.channel.transport
         if resume is not None:
             await listener.replay(resume)
         else:
