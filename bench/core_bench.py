@@ -1,7 +1,10 @@
 """Core benchmark: flowtwist on the embedded default (SQLite stores, in-process bus).
 
-    .venv/bin/python -m bench.core_bench            # full run, about 2 minutes
-    .venv/bin/python -m bench.core_bench --quick    # about 40 seconds
+    .venv/bin/python -m bench              # full run, about 70 seconds
+    .venv/bin/python -m bench --quick      # about 35 seconds
+    .venv/bin/python -m bench --backend production [--redis URL --mongo URL --postgres DSN]
+
+(`python -m bench` is this module, bench/core_bench.py.)
 
 Starts `twistd -n flowtwist --demo no` on free loopback ports with a temporary data
 folder (tests/support.Flowtwist; users and flows made with flowtwist-admin) and
@@ -94,11 +97,87 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else float("nan")
 
 
-class BenchServer(Flowtwist):
-    """Flowtwist with an optional cProfile run (twistd --profile)."""
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds of each thread of a process: {tid: (name, seconds)}."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        out[int(tid)] = (stat[stat.index("(") + 1:stat.rindex(")")],
+                         (int(fields[11]) + int(fields[12])) / tick)
+    return out
 
-    def __init__(self, profile: str | None = None):
-        super().__init__()
+
+def thread_split(pid: int, before: dict[int, tuple[str, float]]) -> str:
+    """'reactor 12.3s, other threads 4.5s' since `before` (the main thread is the reactor;
+    the others are the SQLite worker and Twisted's thread pool)."""
+    main = other = 0.0
+    for tid, (_, seconds) in thread_cpu(pid).items():
+        spent = seconds - before.get(tid, ("", 0.0))[1]
+        if tid == pid:
+            main += spent
+        else:
+            other += spent
+    return f"reactor thread {main:.1f}s, other threads {other:.1f}s"
+
+
+class Backend:
+    """Where the server keeps its data.
+
+    embedded: SQLite stores and the in-process bus in a fresh temporary data folder
+    (every server gets its own, so each needs its own users and flows);
+    production: Redis bus, MongoDB message store, PostgreSQL directory, at the given
+    URLs or, for those not given, on servers started here (tests/servers.py).  Every
+    server of a run shares them, so users and flows are made once.
+    """
+
+    def __init__(self, kind: str = "embedded", redis: str | None = None,
+                 mongo: str | None = None, postgres: str | None = None):
+        self.kind = kind
+        self.args: list[str] = []
+        self.started: list = []
+        self.world = None
+        if kind == "production":
+            from tests.servers import MongoServer, PostgresServer, RedisServer
+            if not redis:
+                self.started.append(RedisServer().start())
+                redis = self.started[-1].url
+            if not mongo:
+                self.started.append(MongoServer().start())
+                mongo = self.started[-1].url.rstrip("/") + "/bench"
+            if not postgres:
+                self.started.append(PostgresServer().start())
+                postgres = self.started[-1].dsn
+            self.args = ["--redis", redis, "--mongo", mongo, "--postgres", postgres]
+
+    def describe(self) -> str:
+        if self.kind == "embedded":
+            return "embedded (SQLite stores, in-process bus)"
+        return "production (" + " ".join(self.args) + ")"
+
+    def world_for(self, server) -> World:
+        if self.kind == "embedded":
+            return World(server)
+        if self.world is None:
+            self.world = World(server)
+        self.world.server = server
+        return self.world
+
+    def close(self) -> None:
+        for s in self.started:
+            s.close()
+
+
+class BenchServer(Flowtwist):
+    """Flowtwist on a Backend, with an optional cProfile run (twistd --profile)."""
+
+    def __init__(self, profile: str | None = None, backend: Backend | None = None):
+        super().__init__(extra_args=backend.args if backend else ())
         self.profile = profile
 
     def args(self) -> list[str]:
@@ -224,6 +303,7 @@ def latency_phase(server, world, rate, seconds, subscribers, sub_procs=2, timed_
         if not ready.wait(60):
             raise RuntimeError("latency subscribers did not connect")
     cpu0, srv0, load0 = children_cpu(), cpu_seconds(server.proc.pid), loadavg()
+    threads0 = thread_cpu(server.proc.pid)
     poster = CTX.Process(target=_fixed_rate_poster,
                          args=(server.http_port, world.alice.token, world.main["id"], rate,
                                seconds, 16, out))
@@ -247,7 +327,8 @@ def latency_phase(server, world, rate, seconds, subscribers, sub_procs=2, timed_
           f"({len(latencies)} samples on every {timed_every}th subscriber): "
           f"p50 {pct(latencies, .5):.1f} ms, p99 {pct(latencies, .99):.1f} ms, "
           f"max {pct(latencies, 1):.1f} ms")
-    print(f"    CPU: server {srv:.1f}s ({srv / elapsed:.0%} of a core), load generator "
+    print(f"    CPU: server {srv:.1f}s ({srv / elapsed:.0%} of a core; "
+          f"{thread_split(server.proc.pid, threads0)}), load generator "
           f"{gen:.1f}s; load average {load0} -> {loadavg()}")
     return {"p50_ms": pct(latencies, .5), "p99_ms": pct(latencies, .99),
             "delivered": delivered, "expected": total * subscribers}
@@ -258,6 +339,7 @@ def latency_phase(server, world, rate, seconds, subscribers, sub_procs=2, timed_
 def throughput_phase(server, world, seconds, connections=64):
     run_load([server], world, 2, connections)            # warm-up
     cpu0, srv0, load0 = children_cpu(), cpu_seconds(server.proc.pid), loadavg()
+    threads0 = thread_cpu(server.proc.pid)
     counts, delivered, elapsed = run_load([server], world, seconds, connections,
                                           subscribers=10)
     srv = cpu_seconds(server.proc.pid) - srv0
@@ -269,7 +351,8 @@ def throughput_phase(server, world, seconds, connections=64):
     print(f"    delivered: every subscriber got min {min(delivered)} / max {max(delivered)} "
           f"of {ok} ({min(delivered) / seconds:.0f} msg/s each, "
           f"{sum(delivered) / seconds:.0f} deliveries/s)")
-    print(f"    CPU: server {srv:.1f}s ({srv / seconds:.0%} of a core), load generator "
+    print(f"    CPU: server {srv:.1f}s ({srv / seconds:.0%} of a core; "
+          f"{thread_split(server.proc.pid, threads0)}), load generator "
           f"{gen:.1f}s; load average {load0} -> {loadavg()}")
     return {"accepted_per_s": ok / seconds, "delivered_min": min(delivered), "accepted": ok}
 
@@ -315,15 +398,15 @@ def _idle_streams(port, token, flow_id, cmd, out):
     asyncio.run(main())
 
 
-def memory_phase(profile, counts, procs=4):
+def memory_phase(profile, counts, backend, procs=4):
     limit = raise_nofile()
     need = max(counts) + 200
     if limit < need:
         print(f"(c) memory: RLIMIT_NOFILE hard limit {limit} < {need}; capping")
         counts = [c for c in counts if c + 200 <= limit] or [limit - 200]
-    server = BenchServer(profile).start()
+    server = BenchServer(profile, backend).start()
     try:
-        world = World(server)
+        world = backend.world_for(server)
         pid = server.proc.pid
         # Warm up the stream path (imports, caches) with a few connections, closed again.
         cmd, out = CTX.Queue(), CTX.Queue()
@@ -371,9 +454,10 @@ def memory_phase(profile, counts, procs=4):
 # ------------------------------------------------------------------ main
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="5 s phases, 2,000 connections (a smoke run, ~40 s)")
+                        help="5 s phases, 500 and 2,000 connections (a smoke run, ~35 s)")
     parser.add_argument("--only", choices=["throughput", "latency", "memory"], action="append",
                         help="run only these phases (repeatable)")
     parser.add_argument("--seconds", type=float, help="length of phases a and b (default 20)")
@@ -383,27 +467,42 @@ def main(argv=None):
                         help="phase c connection counts (default 2000 10000)")
     parser.add_argument("--profile", metavar="FILE",
                         help="run the server under cProfile (twistd --profile), stats to FILE")
+    parser.add_argument("--backend", choices=["embedded", "production"], default="embedded",
+                        help="embedded (default: SQLite, in-process bus) or production "
+                             "(Redis, MongoDB, PostgreSQL; those not given by URL below are "
+                             "started on private ports)")
+    parser.add_argument("--redis", metavar="URL", help="production: Redis URL")
+    parser.add_argument("--mongo", metavar="URL", help="production: MongoDB URL with database")
+    parser.add_argument("--postgres", metavar="DSN", help="production: PostgreSQL DSN")
     args = parser.parse_args(argv)
+    if args.backend == "embedded" and (args.redis or args.mongo or args.postgres):
+        parser.error("--redis/--mongo/--postgres need --backend production")
     seconds = args.seconds or (5.0 if args.quick else 20.0)
     counts = args.connections or ([500, 2000] if args.quick else [2000, 10000])
     phases = args.only or ["throughput", "latency", "memory"]
     raise_nofile()
     print(f"machine: {machine()}; load average {loadavg()}", flush=True)
     started = time.monotonic()
-    if "throughput" in phases or "latency" in phases:
-        server = BenchServer(args.profile).start()
-        try:
-            world = World(server)
-            if "throughput" in phases:
-                throughput_phase(server, world, seconds)
-                sys.stdout.flush()
-            if "latency" in phases:
-                latency_phase(server, world, args.rate, seconds, args.subscribers)
-                sys.stdout.flush()
-        finally:
-            server.close()
-    if "memory" in phases:
-        memory_phase(None if args.profile and len(phases) > 1 else args.profile, counts)
+    backend = Backend(args.backend, args.redis, args.mongo, args.postgres)
+    print(f"backend: {backend.describe()}", flush=True)
+    try:
+        if "throughput" in phases or "latency" in phases:
+            server = BenchServer(args.profile, backend).start()
+            try:
+                world = backend.world_for(server)
+                if "throughput" in phases:
+                    throughput_phase(server, world, seconds)
+                    sys.stdout.flush()
+                if "latency" in phases:
+                    latency_phase(server, world, args.rate, seconds, args.subscribers)
+                    sys.stdout.flush()
+            finally:
+                server.close()
+        if "memory" in phases:
+            memory_phase(None if args.profile and len(phases) > 1 else args.profile, counts,
+                         backend)
+    finally:
+        backend.close()
     print(f"total {time.monotonic() - started:.0f} s")
 
 
