@@ -553,11 +553,15 @@ class Chat:
 
     # ------------------------------------------------------------ presence
 
-    async def activity(self, user: User, flow_id: str, active: bool) -> None:
-        """Announce a user's activity in a flow (`activity.user`, not stored)."""
+    async def activity(self, user: User, flow_id: str, active: bool,
+                       left: bool = False) -> None:
+        """Announce a user's activity in a flow (`activity.user`, not stored): active,
+        idle (empty content) or, with `left`, gone (`{"left": true}`)."""
         last = now_ms()
         await self.directory.update_membership(flow_id, user.id, last_activity=last)
         content = {"last_activity": last} if active else {}
+        if left:
+            content = {"left": True}
         await self.pipeline.publish_transient({
             "conversation": flow_id, "flow": flow_id, "event": "activity.user",
             "user": str(user.id), "content": content, "tags": [], "sent": last})

@@ -37,7 +37,13 @@ class WebRoot(resource.Resource):
         self.rest = rest
         self.putChild(b"stream", stream)
 
+    html_root: resource.Resource | None = None     # the web app, for browsers at `/`
+
     def getChild(self, name, request):
+        if name == b"" and self.html_root is not None and not request.postpath \
+                and request.method in (b"GET", b"HEAD") \
+                and b"text/html" in (request.getHeader(b"accept") or b""):
+            return self.html_root
         return self.rest
 
 

@@ -1,0 +1,554 @@
+"""The WebSocket API: one socket per browser tab (or bot) carrying JSON frames both ways.
+
+The client subscribes to flows (and its private conversations) and receives every
+event of them in the streaming API's JSON shape, wrapped with the event's position:
+
+    {"op": "event", "seq": 1234, "data": {...the event exactly as streamed...}}
+
+A client that reconnects subscribes with `"since": <last seq it saw>` and receives what
+it missed from the store, then live events, with no gap and no repeat (the stream's
+`ConversationListener` does that for both edges).  Posting, comments, status, edits,
+tag changes and marking read go through `App.chat`, like every other edge.
+
+Authentication: the web app's session cookie (same-origin pages only), or an API
+token as `?access_token=` in the URL or in a first frame `{"op": "auth"}`.
+
+Client frames (`ref` is echoed in the answer):
+    {"op": "auth", "token": "<API token>"}              when not authenticated by URL/cookie
+    {"op": "subscribe", "flows": ["org/flow" | id, ...], "private": true, "since": 1234}
+    {"op": "post", "flow": ref, "event": "message"|"status", "content": "...", "tags": [...],
+     "thread_id": "...", "uuid": "..."}
+    {"op": "status", "flow": ref, "content": "..."}
+    {"op": "comment", "flow": ref, "message": 12, "content": "..."}
+    {"op": "private", "user": 7, "content": "..."}
+    {"op": "edit", "flow": ref | "user": 7, "message": 12, "content": "..."}
+    {"op": "tags", "flow": ref | "user": 7, "message": 12, "add": [...], "remove": [...]}
+    {"op": "read", "flow": ref | "user": 7, "message": 12}   (drops `:unread:<me>`)
+    {"op": "activity", "state": "active" | "idle"}
+    {"op": "ping"}
+Server frames: hello, subscribed, synced (history sent, now live), event, ack, error, pong.
+
+A socket that stops reading has a bounded buffer (then it is dropped), a socket that
+stops answering pings is closed, and malformed input gets an error frame (bad JSON, a
+bad request) or a close with the proper code (1003 binary, 1007 invalid UTF-8, 1009
+too big); nothing else is disturbed.
+"""
+from __future__ import annotations
+
+import json
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+from urllib.parse import urlsplit
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from flowtwist.api import shapes
+from flowtwist.api.stream import (PRESENCE_OFFLINE, ConversationListener,
+                                  publish_presence)
+from flowtwist.app import App
+from flowtwist.chat import Actor
+from flowtwist.model import ChatError, Flow, NotFound, User, ValidationError, private_key
+from flowtwist.pipeline import Event, dumps, public
+
+log = Logger()
+
+MAX_MESSAGE_BYTES = 64 * 1024       # a client frame; chat content is at most ~8 KB
+MAX_PENDING_BYTES = 256 * 1024      # queued for a socket whose client reads too slowly
+PING_INTERVAL = 30.0
+PING_TIMEOUT = 30.0
+AUTH_TIMEOUT = 15.0                 # to send {"op": "auth"} when the URL had no credentials
+MAX_FLOWS = 500
+
+CLOSE_UNAUTHORIZED = 4401           # credentials refused or session ended: do not retry
+
+
+class SocketListener(ConversationListener):
+    """The subscription of one socket: the shared stream logic, delivering frames."""
+
+    def __init__(self, socket: "ChatSocket", app: App, user: User, flows: list[Flow],
+                 private: bool):
+        super().__init__(app, user, flows, private)
+        self.socket = socket
+
+    def deliver(self, event: Event) -> None:
+        self.socket.send_frame(b'{"op":"event","seq":%d,"data":%b}' % (event.seq, event.json))
+
+    def drained(self) -> defer.Deferred:
+        return self.socket.drained()
+
+    def abort(self) -> None:
+        self.socket.abort()
+
+
+class Presence:
+    """Who is connected to which flow by WebSocket in this process: `activity.user`
+    when someone's first socket on a flow opens, when they go idle or come back,
+    and (with `"left": true`) when their last socket on it closes."""
+
+    def __init__(self, app: App):
+        self.app = app
+        self.count: dict[tuple[int, str], int] = {}
+
+    def _run(self, coro) -> None:
+        defer.ensureDeferred(coro).addErrback(
+            lambda f: log.failure("presence update failed", f))
+
+    def join(self, user: User, flow_ids) -> None:
+        for flow_id in flow_ids:
+            key = (user.id, flow_id)
+            self.count[key] = self.count.get(key, 0) + 1
+            if self.count[key] == 1:
+                self._run(self.app.chat.activity(user, flow_id, True))
+
+    def state(self, user: User, flow_ids, active: bool) -> None:
+        for flow_id in flow_ids:
+            self._run(self.app.chat.activity(user, flow_id, active))
+
+    def leave(self, user: User, flow_ids) -> None:
+        for flow_id in flow_ids:
+            key = (user.id, flow_id)
+            left = self.count.get(key, 0) - 1
+            if left > 0:
+                self.count[key] = left
+                continue
+            self.count.pop(key, None)
+            self._run(self._left(user, flow_id))
+
+    async def _left(self, user: User, flow_id: str) -> None:
+        await self.app.chat.activity(user, flow_id, False, left=True)
+        await publish_presence(self.app, user.id, flow_id, PRESENCE_OFFLINE)
+
+
+class FrameError(ChatError):
+    status = 400
+
+
+@implementer(IPushProducer)
+class ChatSocket(WebSocketServerProtocol):
+    """One WebSocket connection."""
+
+    def __init__(self):
+        super().__init__()
+        self.user: User | None = None
+        self.session_key: str | None = None
+        self.listener: SocketListener | None = None
+        self.present_in: list[str] = []
+        self.paused = False
+        self.pending: list[bytes] | None = None
+        self.pending_bytes = 0
+        self._drain_waiters: list[defer.Deferred] = []
+        self._work: defer.Deferred = defer.succeed(None)    # ops run one after another
+        self._auth_timer = None
+        self.finished = False
+
+    # ------------------------------------------------------------ handshake
+
+    async def _connect(self, request) -> None:
+        factory: SocketFactory = self.factory
+        token = (request.params.get("access_token") or [None])[-1]
+        try:
+            if token:
+                user = await factory.app.accounts.by_token(token)
+                if user is None:
+                    raise ConnectionDeny(401, "Invalid access token")
+                self.user = user
+                return
+            cookie = request.headers.get("cookie")
+            if cookie and factory.sessions is not None:
+                found = await factory.sessions.from_cookie_header(cookie)
+                if found is not None:
+                    origin = request.headers.get("origin")
+                    host = (request.headers.get("host") or "").lower()
+                    if origin and urlsplit(origin).netloc.lower() != host:
+                        # A page of another site riding on the browser's cookie.
+                        raise ConnectionDeny(403, "Cross-origin WebSocket refused")
+                    self.user, self.session_key = found
+        except ConnectionDeny:
+            raise
+        except Exception:
+            log.failure("WebSocket authentication failed")
+            raise ConnectionDeny(503, "Service temporarily unavailable")
+        # Without credentials the client has AUTH_TIMEOUT to send {"op": "auth"}.
+
+    def onConnect(self, request):
+        return defer.ensureDeferred(self._connect(request))
+
+    def onOpen(self):
+        factory: SocketFactory = self.factory
+        transport = self.transport
+        # The web server's HTTP channel was the transport's producer; it is done.
+        # This socket takes its place, so that a full send buffer pauses us.
+        try:
+            transport.unregisterProducer()
+        except Exception:
+            pass
+        transport.registerProducer(self, True)
+        factory.sockets.add(self)
+        if self.user is not None:
+            self._hello()
+        else:
+            self._auth_timer = factory.reactor.callLater(AUTH_TIMEOUT, self._auth_expired)
+
+    def _hello(self) -> None:
+        if self.session_key is not None:
+            self.factory.by_session.setdefault(self.session_key, set()).add(self)
+        self.send_frame(dumps({"op": "hello", "user": shapes.user_json(self.user)}))
+
+    def _auth_expired(self) -> None:
+        self._auth_timer = None
+        if self.user is None:
+            self.sendClose(CLOSE_UNAUTHORIZED, "Authentication required")
+
+    # ------------------------------------------------------------ output
+
+    def send_frame(self, payload: bytes) -> None:
+        if self.finished or self.state != self.STATE_OPEN:
+            return
+        if not self.paused:
+            self.sendMessage(payload)
+            return
+        if self.pending is None:
+            self.pending = []
+        self.pending.append(payload)
+        self.pending_bytes += len(payload)
+        if self.pending_bytes > MAX_PENDING_BYTES:
+            log.info("WebSocket client of user {user} too slow; disconnecting",
+                     user=self.user.id if self.user else None)
+            self.abort()
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        pending, self.pending, self.pending_bytes = self.pending, None, 0
+        for payload in pending or ():
+            if self.paused:     # the buffer filled again: keep the rest in order
+                self.pending = (self.pending or []) + [payload]
+                self.pending_bytes += len(payload)
+                continue
+            if self.state == self.STATE_OPEN:
+                self.sendMessage(payload)
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if self.paused:
+                self._drain_waiters.append(waiter)
+            else:
+                waiter.callback(None)
+
+    def stopProducing(self):
+        self.abort()
+
+    def drained(self) -> defer.Deferred:
+        if not self.paused or self.finished:
+            return defer.succeed(None)
+        waiter: defer.Deferred = defer.Deferred()
+        self._drain_waiters.append(waiter)
+        return waiter
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()
+        self._finish()
+
+    # ------------------------------------------------------------ input
+
+    def onMessage(self, payload: bytes, isBinary: bool):
+        if isBinary:
+            self.sendClose(1003, "Binary frames are not supported; send JSON text")
+            return
+        try:
+            frame = json.loads(payload)
+        except (ValueError, RecursionError):
+            self._error(None, FrameError("Malformed JSON frame"))
+            return
+        if not isinstance(frame, dict):
+            self._error(None, FrameError("A frame must be a JSON object"))
+            return
+        ref = frame.get("ref")
+        if not isinstance(ref, (str, int, type(None))) or isinstance(ref, bool):
+            ref = None
+        op = frame.get("op")
+        handler = OPS.get(op) if isinstance(op, str) else None
+        if handler is None:
+            self._error(ref, FrameError(f"Unknown op {op!r}"))
+            return
+        if self.user is None and op not in ("auth", "ping"):
+            self._error(ref, ChatError('Authenticate first: {"op": "auth", "token": ...}'),
+                        status=401)
+            return
+        # One op at a time per socket, so that its posts keep their order.
+        self._work.addCallback(lambda _: defer.ensureDeferred(self._run(handler, frame, ref)))
+
+    async def _run(self, handler, frame: dict, ref) -> None:
+        if self.finished:
+            return
+        try:
+            result = await handler(self, frame)
+        except ChatError as e:
+            self._error(ref, e)
+            return
+        except Exception:
+            log.failure("WebSocket op {op} failed", op=frame.get("op"))
+            self._error(ref, ChatError("Internal server error"), status=500)
+            return
+        if result is not None:
+            reply: dict[str, Any] = {"op": "ack"}
+            if ref is not None:
+                reply["ref"] = ref
+            reply.update(result)
+            self.send_frame(dumps(reply))
+
+    def _error(self, ref, error: ChatError, status: int | None = None) -> None:
+        frame: dict[str, Any] = {"op": "error", "status": status or error.status,
+                                 "message": error.message}
+        if error.errors:
+            frame["errors"] = error.errors
+        if ref is not None:
+            frame["ref"] = ref
+        self.send_frame(dumps(frame))
+
+    # ------------------------------------------------------------ ops
+
+    async def op_auth(self, frame):
+        if self.user is not None:
+            raise FrameError("Already authenticated")
+        token = frame.get("token")
+        user = await self.factory.app.accounts.by_token(token) if isinstance(token, str) else None
+        if user is None:
+            self.sendClose(CLOSE_UNAUTHORIZED, "Invalid access token")
+            return None
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+        self.user = user
+        self._hello()
+        return None
+
+    async def op_ping(self, frame):
+        return {"op": "pong"}
+
+    async def op_subscribe(self, frame):
+        app: App = self.factory.app
+        refs = frame.get("flows") or []
+        if not isinstance(refs, list) or len(refs) > MAX_FLOWS or not all(
+                isinstance(r, str) for r in refs):
+            raise ValidationError({"flows": ["must be a list of flow ids or org/flow names"]})
+        private = bool(frame.get("private"))
+        since = frame.get("since")
+        if since is not None and (not isinstance(since, int) or isinstance(since, bool)
+                                  or since < 0):
+            raise ValidationError({"since": ["must be a non-negative integer"]})
+        flows: dict[str, Flow] = {}
+        for ref in refs:
+            flow = await app.chat.resolve_flow_ref(self.user, ref)
+            flows[flow.id] = flow
+        if self.finished:
+            return None
+        old = self.listener
+        if old is not None:
+            old.close()
+            if since is None:
+                since = old.last_seq      # changing flows: carry on from where we are
+        listener = self.listener = SocketListener(self, app, self.user, list(flows.values()),
+                                                  private)
+        if since is not None:
+            listener.hold()
+        listener.subscribe()
+        presence: Presence = self.factory.presence
+        joined = [f for f in flows if f not in self.present_in]
+        gone = [f for f in self.present_in if f not in flows]
+        self.present_in = list(flows)
+        presence.join(self.user, joined)
+        presence.leave(self.user, gone)
+        ref = frame.get("ref")
+        self.send_frame(dumps({"op": "subscribed", "ref": ref, "flows": list(flows),
+                               "private": private}))
+        if since is not None:
+            await listener.replay(since)
+        else:
+            await listener.start_live()
+        if not listener.closed:
+            self.send_frame(dumps({"op": "synced", "ref": ref, "seq": listener.last_seq}))
+        return None
+
+    async def _flow(self, frame) -> Flow:
+        ref = frame.get("flow")
+        if not isinstance(ref, str) or not ref:
+            raise ValidationError({"flow": ["can't be blank"]})
+        return await self.factory.app.chat.resolve_flow_ref(self.user, ref)
+
+    async def _conversation(self, frame) -> tuple[str, Flow | None]:
+        if frame.get("user") is not None:
+            other = await self.factory.app.chat.private_peer(self.user, frame["user"])
+            return private_key(self.user.id, other.id), None
+        flow = await self._flow(frame)
+        return flow.id, flow
+
+    @staticmethod
+    def _params(frame) -> dict:
+        return {k: v for k, v in frame.items() if k not in ("op", "ref", "flow", "user")}
+
+    async def op_post(self, frame):
+        flow = await self._flow(frame)
+        params = self._params(frame)
+        params.setdefault("event", "message")
+        if params["event"] not in ("message", "status", "line"):
+            raise ValidationError({"event": ["must be message, status or line"]})
+        doc = await self.factory.app.chat.post(Actor(user=self.user), flow, params, wait=True)
+        return {"message": public(doc) if doc else None}
+
+    async def op_status(self, frame):
+        return await self.op_post(dict(frame, event="status"))
+
+    async def op_comment(self, frame):
+        flow = await self._flow(frame)
+        doc = await self.factory.app.chat.comment(Actor(user=self.user), flow,
+                                                  frame.get("message"), self._params(frame),
+                                                  wait=True)
+        return {"message": public(doc) if doc else None}
+
+    async def op_private(self, frame):
+        chat = self.factory.app.chat
+        other = await chat.private_peer(self.user, frame.get("user"))
+        params = self._params(frame)
+        params["event"] = "message"
+        doc = await chat.post_private(self.user, other, params, wait=True)
+        return {"message": public(doc) if doc else None}
+
+    async def op_edit(self, frame):
+        conversation, flow = await self._conversation(frame)
+        if frame.get("content") is None:
+            raise ValidationError({"content": ["can't be blank"]})
+        await self.factory.app.chat.edit(self.user, conversation, frame.get("message"),
+                                         content=frame["content"], flow=flow)
+        return {}
+
+    async def op_tags(self, frame):
+        conversation, flow = await self._conversation(frame)
+        return await self._change_tags(conversation, flow, frame.get("message"),
+                                       frame.get("tags"), frame.get("add"), frame.get("remove"))
+
+    async def op_read(self, frame):
+        conversation, flow = await self._conversation(frame)
+        return await self._change_tags(conversation, flow, frame.get("message"), None, None,
+                                       [f":unread:{self.user.id}"])
+
+    async def _change_tags(self, conversation, flow, message_id, tags, add, remove):
+        app: App = self.factory.app
+        for name, value in (("tags", tags), ("add", add), ("remove", remove)):
+            if value is not None and (not isinstance(value, list)
+                                      or not all(isinstance(t, str) for t in value)):
+                raise ValidationError({name: ["must be a list of tags"]})
+        if tags is None:
+            try:
+                original = await app.store.get(conversation, int(message_id))
+            except (TypeError, ValueError):
+                original = None
+            if original is None:
+                raise NotFound()
+            current = list(original.get("tags") or [])
+            drop = {t.lower() for t in remove or ()}
+            tags = [t for t in current if t.lower() not in drop]
+            tags += [t for t in add or () if t.lower() not in {c.lower() for c in tags}]
+            if tags == current:
+                return {}       # nothing to change (say, read twice)
+        await app.chat.edit(self.user, conversation, message_id, tags=tags, flow=flow)
+        return {}
+
+    async def op_activity(self, frame):
+        state = frame.get("state")
+        if state not in ("active", "idle"):
+            raise ValidationError({"state": ["must be active or idle"]})
+        self.factory.presence.state(self.user, self.present_in, state == "active")
+        return None
+
+    # ------------------------------------------------------------ end
+
+    def onClose(self, wasClean, code, reason):
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        factory: SocketFactory = self.factory
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+        factory.sockets.discard(self)
+        if self.session_key is not None:
+            sockets = factory.by_session.get(self.session_key)
+            if sockets is not None:
+                sockets.discard(self)
+                if not sockets:
+                    del factory.by_session[self.session_key]
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        if self.user is not None and self.present_in:
+            factory.presence.leave(self.user, self.present_in)
+        self.present_in = []
+        self.pending, self.pending_bytes = None, 0
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+
+OPS = {name[3:]: getattr(ChatSocket, name) for name in dir(ChatSocket)
+       if name.startswith("op_")}
+
+
+class SocketFactory(WebSocketServerFactory):
+    protocol = ChatSocket
+
+    def __init__(self, app: App, sessions=None, reactor=None):
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.app = app
+        self.sessions = sessions
+        self.presence = Presence(app)
+        self.sockets: set[ChatSocket] = set()
+        self.by_session: dict[str, set[ChatSocket]] = {}
+        self.setProtocolOptions(
+            maxFramePayloadSize=MAX_MESSAGE_BYTES, maxMessagePayloadSize=MAX_MESSAGE_BYTES,
+            autoPingInterval=PING_INTERVAL, autoPingTimeout=PING_TIMEOUT,
+            openHandshakeTimeout=15, closeHandshakeTimeout=5, utf8validateIncoming=True,
+            failByDrop=False, webStatus=False)
+
+    def end_session(self, session_key: str) -> None:
+        """The person signed out: close the sockets that the session opened."""
+        for socket in list(self.by_session.pop(session_key, ())):
+            socket.sendClose(CLOSE_UNAUTHORIZED, "Signed out")
+
+
+class SocketResource(WebSocketResource):
+    """`/ws` on the web port.  After the upgrade, the HTTP channel's idle timer is
+    cancelled: it would otherwise hold the finished HTTP request for hours."""
+
+    def render(self, request):
+        channel = request.channel
+        result = super().render(request)
+        try:
+            channel.setTimeout(None)
+        except Exception:
+            pass
+        return result
+
+
+def parse_cookie(header: str, name: str) -> str | None:
+    try:
+        cookie = SimpleCookie()
+        cookie.load(header)
+    except CookieError:
+        return None
+    morsel = cookie.get(name)
+    return morsel.value if morsel is not None else None
