@@ -1,20 +1,26 @@
 """IRC fan-out benchmark: N IRC clients joined to one flow, a REST client posting
-at a fixed rate; reports IRC deliveries per second and REST-post → IRC-delivery
-latency (p50/p99/max).
+at a fixed rate; reports IRC deliveries per second, REST-post → IRC-delivery
+latency (p50/p90/p99/max), and the CPU time the server and the load generator
+spent per delivery (a figure that does not depend on what else the machine runs).
 
-    .venv/bin/python bench/irc_bench.py [--clients 1000] [--rate 50] [--seconds 20]
+    .venv/bin/python bench/irc_bench.py [--clients 1000] [--rate 50] [--seconds 20] [--runs 3]
 
 Starts its own flowtwist (tests/support.Flowtwist, embedded stores) on free
-loopback ports.  IRC clients are plain asyncio sockets spread over worker
-processes so that the load generator is not what limits the figures.
+loopback ports.  IRC clients are asyncio protocols (no stream readers) spread over
+worker processes: most of them only count line ends in what they receive, every
+Nth ("timed") client parses its lines and records latencies, so that the load
+generator costs as little as possible.  With --runs the same connections see
+several posting rounds, each reported on its own.
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import multiprocessing as mp
 import os
 import resource
+import select
+import socket
+import statistics
 import sys
 import threading
 import time
@@ -24,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests.support import Flowtwist  # noqa: E402
 
 CHANNEL = "#bench/main"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def raise_nofile(want: int) -> None:
@@ -32,67 +39,148 @@ def raise_nofile(want: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-async def irc_client(port: int, password: str, ready: asyncio.Event, counter: list,
-                     latencies: list, received: dict, stop: asyncio.Event,
-                     timed: bool = True) -> None:
-    """One IRC connection.  A timed client parses every line for its latency;
-    the others only count lines (so that the load generator stays light)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
-    writer.write(f"PASS {password}\r\nNICK b\r\nUSER b 0 * :Bench\r\n".encode())
-    joined = False
-    while not stop.is_set():
-        line = await reader.readline()
-        if not line:
-            break
-        if not joined:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+class Client:
+    """One IRC connection, read by the worker's epoll loop.  Until the registration
+    PING it reads lines; after it, an untimed client only counts line ends (one
+    C-level count per read), a timed one parses
+    `:web!… PRIVMSG #bench/main :bench <seq> <sent>` for the latency."""
+    __slots__ = ("sock", "timed", "joined", "tail")
+
+    def __init__(self, sock: socket.socket, timed: bool):
+        self.sock = sock
+        self.timed = timed
+        self.joined = False
+        self.tail = b""
+
+
+class Worker:
+    """Up to a few thousand clients in one process: non-blocking sockets on one
+    epoll, no event-loop framework, so that a delivery costs the load generator
+    one recv() and a count."""
+
+    def __init__(self, port: int, password: str, n: int, timed_every: int, control):
+        self.port, self.password, self.n = port, password, n
+        self.timed_every = timed_every
+        self.control = control          # multiprocessing Connection to the main process
+        self.epoll = select.epoll()
+        self.clients: dict[int, Client] = {}
+        self.joined = 0
+        self.lines = 0
+        self.latencies: list[float] = []
+        self.bad = 0
+
+    def connect(self) -> None:
+        hello = f"PASS {self.password}\r\nNICK b\r\nUSER b 0 * :Bench\r\n".encode()
+        for i in range(self.n):
+            sock = socket.create_connection(("127.0.0.1", self.port))
+            sock.sendall(hello)
+            sock.setblocking(False)
+            self.clients[sock.fileno()] = Client(sock, i % self.timed_every == 0)
+            self.epoll.register(sock.fileno(), select.EPOLLIN)
+            if i % 50 == 49:
+                self.poll(0.02)
+        while self.joined < self.n:
+            self.poll(0.2)
+
+    def poll(self, timeout: float) -> None:
+        clients = self.clients
+        for fd, _ in self.epoll.poll(timeout):
+            client = clients[fd]
+            try:
+                data = client.sock.recv(262144)
+            except BlockingIOError:
+                continue
+            if not data:
+                raise RuntimeError("the server closed an IRC connection")
+            if client.tail:
+                data = client.tail + data
+            end = data.rfind(b"\n") + 1
+            if end != len(data):
+                client.tail = data[end:]
+                data = data[:end]
+            elif client.tail:
+                client.tail = b""
+            if data:
+                self.received(client, data)
+
+    def received(self, client: Client, chunk: bytes) -> None:
+        """Complete lines (CRLF-terminated) from one client."""
+        if client.joined and not client.timed:
+            n = chunk.count(b"\n")
+            if b"PING " in chunk:
+                n -= self.pings(client, chunk)
+            self.lines += n
+            return
+        now = time.time()
+        lines = chunk.split(b"\r\n")
+        lines.pop()
+        for line in lines:
             if line.startswith(b"PING "):
-                joined = True
-                counter[0] += 1
-                if counter[0] == counter[1]:
-                    ready.set()
-            continue
-        if not timed:
-            if b" PRIVMSG " in line:
-                received[-1] = received.get(-1, 0) + 1
-            elif line.startswith(b"PING "):
-                writer.write(b"PONG " + line[5:])
-            continue
-        if b" PRIVMSG " in line:
-            # ":web!… PRIVMSG #bench/main :bench <seq> <sent>"
-            now = time.time()
+                self.pings(client, line + b"\r\n")
+                if not client.joined:   # the end of the registration burst
+                    client.joined = True
+                    self.joined += 1
+                continue
+            if not client.joined:
+                continue
             text = line.rsplit(b" :", 1)[-1].split()
             if len(text) == 3 and text[0] == b"bench":
-                latencies.append(now - float(text[2]))
-                received[int(text[1])] = received.get(int(text[1]), 0) + 1
-        elif line.startswith(b"PING "):
-            writer.write(b"PONG " + line[5:])
-    writer.close()
+                self.latencies.append(now - float(text[2]))
+                self.lines += 1
+            else:
+                self.bad += 1
+
+    @staticmethod
+    def pings(client: Client, chunk: bytes) -> int:
+        count = 0
+        for line in chunk.split(b"\r\n"):
+            if line.startswith(b"PING "):
+                client.sock.send(b"PONG " + line[5:] + b"\r\n")
+                count += 1
+        return count
+
+    def round(self) -> None:
+        """One posting round: told the number of messages, then when posting ended."""
+        while True:
+            while not self.control.poll():
+                self.poll(0.05)         # earlier lines (warm-up, late ones) do not count
+            what, total = self.control.recv()
+            if what == "go":            # (not a previous round's "until")
+                break
+        cpu0 = time.process_time()
+        self.lines, self.latencies, self.bad = 0, [], 0
+        expected = total * self.n
+        deadline = None
+        while self.lines < expected and (deadline is None or time.time() < deadline):
+            self.poll(0.05)
+            if deadline is None and self.control.poll():
+                deadline = self.control.recv()[1]
+        self.control.send((self.latencies, self.lines, self.bad,
+                           time.process_time() - cpu0, time.time()))
 
 
-def worker(port: int, password: str, n: int, ready_q, go_q, result_q, seconds: float,
-           timed_every: int) -> None:
+def worker(port: int, password: str, n: int, timed_every: int, runs: int, control) -> None:
     raise_nofile(n + 100)
+    w = Worker(port, password, n, timed_every, control)
+    w.connect()
+    control.send(n)
+    for _ in range(runs):
+        w.round()
 
-    async def main():
-        ready, stop = asyncio.Event(), asyncio.Event()
-        counter, latencies, received = [0, n], [], {}
-        tasks = []
-        for i in range(n):
-            tasks.append(asyncio.create_task(
-                irc_client(port, password, ready, counter, latencies, received, stop,
-                           timed=i % timed_every == 0)))
-            if i % 50 == 49:
-                await asyncio.sleep(0.05)
-        await ready.wait()
-        ready_q.put(n)
-        await asyncio.get_running_loop().run_in_executor(None, go_q.get)   # posting done
-        await asyncio.sleep(2.0)     # let the last deliveries arrive
-        stop.set()
-        result_q.put((latencies, sum(received.values())))
-        for t in tasks:
-            t.cancel()
 
-    asyncio.run(main())
+def percentile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] * 1000
 
 
 def main() -> None:
@@ -100,9 +188,10 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=1000)
     p.add_argument("--rate", type=float, default=50.0, help="REST posts per second")
     p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--runs", type=int, default=1, help="posting rounds on the same clients")
+    p.add_argument("--workers", type=int, default=2, help="client processes")
     p.add_argument("--timed-every", type=int, default=10,
-                   help="every Nth client records latencies (all count deliveries)")
+                   help="every Nth client parses lines and records latencies")
     args = p.parse_args()
     raise_nofile(args.clients * 2 + 200)      # inherited by the server process
 
@@ -114,72 +203,113 @@ def main() -> None:
         web = server.create_user("web", "bench")
         flow = server.create_flow("bench", "Main", [listener, web])
         password = f"{listener.email} {listener.password}"
+        pid = server.proc.pid
 
-        ready_q, go_q, result_q = mp.Queue(), mp.Queue(), mp.Queue()
         per = [args.clients // args.workers + (1 if i < args.clients % args.workers else 0)
                for i in range(args.workers)]
-        procs = [mp.Process(target=worker, args=(server.ports["irc"], password, n, ready_q,
-                                                 go_q, result_q, args.seconds,
-                                                 args.timed_every))
-                 for n in per if n]
+        per = [n for n in per if n]
+        pipes = [mp.Pipe() for _ in per]
+        procs = [mp.Process(target=worker, args=(server.ports["irc"], password, n,
+                                                 args.timed_every, args.runs, child))
+                 for n, (_, child) in zip(per, pipes)]
+        controls = [parent for parent, _ in pipes]
         t_connect = time.time()
         for proc in procs:
             proc.start()
-        for _ in procs:
-            ready_q.get(timeout=300)
-        print(f"{args.clients} IRC clients joined {CHANNEL} in {time.time() - t_connect:.1f} s",
-              flush=True)
+        for control in controls:
+            if not control.poll(300):
+                raise RuntimeError("IRC clients did not all join")
+            control.recv()
+        print(f"{args.clients} IRC clients joined {CHANNEL} in {time.time() - t_connect:.1f} s "
+              f"({len(procs)} client processes)", flush=True)
+        # a first message (not measured) warms the caches of every connection
+        web.post("/messages", {"flow": flow["id"], "event": "message", "content": "warm-up"})
+        time.sleep(2.0)
 
-        total = int(args.rate * args.seconds)
-        failures = 0
-        post_times = []
-
-        def post(seq: int) -> None:
-            nonlocal failures
-            sent = time.time()
-            r = web.post("/messages", {"flow": flow["id"], "event": "message",
-                                       "content": f"bench {seq} {sent:.6f}"})
-            post_times.append(time.time() - sent)
-            if r.status_code != 201:
-                failures += 1
-
-        start = time.time()
-        threads = []
-        for seq in range(total):
-            delay = start + seq / args.rate - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            t = threading.Thread(target=post, args=(seq,))
-            t.start()
-            threads.append(t)
-        for t in threads:
-            t.join()
-        posting = time.time() - start
-        for _ in procs:
-            go_q.put(True)
-        latencies, delivered = [], 0
-        for _ in procs:
-            lat, count = result_q.get(timeout=120)
-            latencies += lat
-            delivered += count
+        summary = []
+        for run in range(1, args.runs + 1):
+            summary.append(one_run(args, web, flow, pid, controls, run))
         for proc in procs:
             proc.join(30)
-        latencies.sort()
-
-        def pct(q):
-            return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
-
-        expected = total * args.clients
-        print(f"posted {total} messages in {posting:.1f} s ({total / posting:.1f}/s), "
-              f"{failures} failed; REST p50 {sorted(post_times)[len(post_times) // 2] * 1000:.1f} ms")
-        print(f"delivered {delivered}/{expected} IRC lines "
-              f"({delivered / posting:.0f} messages/s to IRC clients)")
-        if latencies:
-            print(f"REST post -> IRC delivery latency ({len(latencies)} deliveries to "
-                  f"every {args.timed_every}th client): p50 {pct(0.5):.1f} ms, "
-                  f"p99 {pct(0.99):.1f} ms, max {latencies[-1] * 1000:.1f} ms")
+        if args.runs > 1:
+            print("runs: " + "; ".join(
+                f"p50 {s['p50']:.1f} / p99 {s['p99']:.1f} ms, {s['server_us']:.2f} µs, "
+                f"load {s['load']:.1f}" for s in summary))
+            print(f"best p99 {min(s['p99'] for s in summary):.1f} ms, median p99 "
+                  f"{statistics.median(s['p99'] for s in summary):.1f} ms; server CPU per "
+                  f"delivery best {min(s['server_us'] for s in summary):.2f} µs, median "
+                  f"{statistics.median(s['server_us'] for s in summary):.2f} µs")
     finally:
         server.close()
+
+
+def one_run(args, web, flow, pid, controls, run: int) -> dict:
+    total = int(args.rate * args.seconds)
+    failures = 0
+    post_times = []
+
+    def post(seq: int) -> None:
+        nonlocal failures
+        sent = time.time()
+        r = web.post("/messages", {"flow": flow["id"], "event": "message",
+                                   "content": f"bench {seq} {sent:.6f}"})
+        post_times.append(time.time() - sent)
+        if r.status_code != 201:
+            failures += 1
+
+    for control in controls:
+        control.send(("go", total))
+    time.sleep(0.5)                     # the workers reset their counters
+    load_before = load_average()
+    cpu_before = cpu_seconds(pid)
+    start = time.time()
+    threads = []
+    for seq in range(total):
+        delay = start + seq / args.rate - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        t = threading.Thread(target=post, args=(seq,))
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join()
+    posting = time.time() - start
+    for control in controls:
+        control.send(("until", time.time() + 10.0))       # wait at most 10 s more for the deliveries
+    latencies, delivered, bad, client_cpu, last = [], 0, 0, 0.0, start
+    for control in controls:
+        if not control.poll(120):
+            raise RuntimeError("a client process did not report")
+        lat, count, wrong, cpu, t_last = control.recv()
+        latencies += lat
+        delivered += count
+        bad += wrong
+        client_cpu += cpu
+        last = max(last, t_last)
+    server_cpu = cpu_seconds(pid) - cpu_before
+    load_after = load_average()
+    latencies.sort()
+
+    expected = total * args.clients
+    span = max(posting, last - start)
+    stats = {"p50": percentile(latencies, 0.5) if latencies else float("nan"),
+             "p99": percentile(latencies, 0.99) if latencies else float("nan"),
+             "server_us": server_cpu / max(delivered, 1) * 1e6,
+             "load": max(load_before, load_after)}
+    print(f"run {run}: posted {total} messages in {posting:.1f} s ({total / posting:.1f}/s), "
+          f"{failures} failed; REST p50 {sorted(post_times)[len(post_times) // 2] * 1000:.1f} ms")
+    print(f"  delivered {delivered}/{expected} IRC lines{f', {bad} unexpected' if bad else ''} "
+          f"({delivered / span:.0f} deliveries/s)")
+    if latencies:
+        print(f"  REST post -> IRC delivery latency ({len(latencies)} deliveries to every "
+              f"{args.timed_every}th client): p50 {stats['p50']:.1f} ms, "
+              f"p90 {percentile(latencies, 0.9):.1f} ms, p99 {stats['p99']:.1f} ms, "
+              f"max {latencies[-1] * 1000:.1f} ms")
+    print(f"  CPU: server {server_cpu:.2f} s = {stats['server_us']:.2f} µs per delivery "
+          f"(= ms per 1,000 deliveries; includes the REST posts and storing); clients {client_cpu:.2f} s = "
+          f"{client_cpu / max(delivered, 1) * 1e6:.2f} µs per delivery; "
+          f"load average {load_before:.2f} -> {load_after:.2f}", flush=True)
+    return stats
 
 
 if __name__ == "__main__":
