@@ -438,3 +438,16 @@ def test_presence_offline_when_last_active_stream_closes(h):
     states = [e["content"]["state"] for e in watcher.json_events() if e["event"] == "presence"]
     assert states == [stream_mod.PRESENCE_ACTIVE, stream_mod.PRESENCE_OFFLINE]
     assert all(e["event"] != "presence" for e in quiet.json_events())
+
+
+def test_sse_transient_events_carry_the_last_stored_position(h):
+    fresh = h.open("filter=f-main&presence=1&accept=text/event-stream", token="bob")
+    resumed = h.open("filter=f-main&presence=1&accept=text/event-stream", token="bob",
+                     headers=["Last-Event-ID: 7"])
+    h.open("filter=f-main&active=true")                 # a presence event, no seq
+    h.post(MAIN.id, 1, 9)
+    h.open("filter=f-main&active=true", token="bob")    # another presence event
+    ids = [(i, e["event"]) for i, e in fresh.sse_events()]
+    assert ids == [(None, "presence"), ("9", "message"), ("9", "presence")]
+    ids = [(i, e["event"]) for i, e in resumed.sse_events()]
+    assert ids == [("7", "presence"), ("9", "message"), ("9", "presence")]

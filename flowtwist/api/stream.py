@@ -260,6 +260,7 @@ class StreamListener(ConversationListener):
         self.pending_bytes = 0
         self._drain_waiters: list[defer.Deferred] = []
         self.chunked_transport = None   # set once the headers are written
+        self.sent_seq = 0               # SSE: position of the last stored event sent
 
     # producer interface: the transport tells us when its buffer is full
     def pauseProducing(self):
@@ -289,7 +290,11 @@ class StreamListener(ConversationListener):
 
     def deliver(self, event: Event) -> None:
         if self.sse:
-            head = b"id: %d\ndata: " % event.seq if event.seq else b"data: "
+            # Every event has an id: a transient one (presence, activity) repeats the
+            # position of the last stored event sent, so resuming from it loses nothing.
+            if event.seq > self.sent_seq:
+                self.sent_seq = event.seq
+            head = b"id: %d\ndata: " % self.sent_seq if self.sent_seq else b"data: "
             self.write(head + event.json + b"\n\n")
         else:
             self.write(event.json + b"\r\n")
@@ -479,6 +484,7 @@ class StreamResource(resource.Resource):
             # Subscribe before reading the store and hold what arrives meanwhile, so
             # that nothing published while history is read falls between the two.
             listener.hold()
+            listener.sent_seq = resume
         listener.subscribe()
         request.notifyFinish().addBoth(lambda _: listener.close())
         request.registerProducer(listener, True)
