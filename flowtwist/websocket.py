@@ -261,7 +261,8 @@ class ChatSocket(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool):
         if isBinary:
-            self.sendClose(1003, "Binary frames are not supported; send JSON text")
+            # 1003 "unsupported data" (sendClose only takes application codes).
+            self.sendCloseFrame(code=1003, reasonUtf8=b"Binary frames are not supported")
             return
         try:
             frame = json.loads(payload)
