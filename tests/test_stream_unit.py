@@ -425,6 +425,8 @@ def test_active_announced_once_per_person_and_flow(h):
     assert h.chat.announced == [(1, MAIN.id, True)]
     h.clock.advance(stream_mod.ACTIVITY_SECONDS)
     assert h.chat.announced == [(1, MAIN.id, True)] * 2
+    h.open("filter=f-main&active=true")     # same period: already announced
+    assert h.chat.announced == [(1, MAIN.id, True)] * 2
     presence = [e for e in watcher.json_events() if e["event"] == "presence"]
     assert presence and presence[0]["user_id"] == "1"
     assert presence[0]["content"]["state"] == stream_mod.PRESENCE_ACTIVE

@@ -402,7 +402,8 @@ class StreamResource(resource.Resource):
                     key = (listener.user.id, flow_id)
                     active = listener.active == "true" or wanted.get(key, (None, False))[1]
                     wanted[key] = (listener, active)
-        cls._announced = {}
+        # Streams opened later in this period need not announce again.
+        cls._announced = {key: active for key, (_, active) in wanted.items()}
         if not wanted:
             return None
         return defer.ensureDeferred(cls._announce_all(wanted))
