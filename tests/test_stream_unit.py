@@ -405,6 +405,14 @@ def test_gap_catch_up_reads_from_last_position(h):
     assert [e["id"] for e in c.json_events()] == [1, 2, 3]
 
 
+def test_gap_after_a_resume_that_missed_nothing(h):
+    h.store.add(MAIN.id, 1, 1)
+    c = h.open(headers=["Last-Event-ID: 1"])
+    h.store.add(MAIN.id, 2, 2)           # stored, its publish lost
+    h.app.pipeline.hub._gap()
+    assert [e["id"] for e in c.json_events()] == [2]
+
+
 def test_gap_during_resume_reads_the_store_again(h):
     h.store.add(MAIN.id, 1, 1)
     h.store.hold = True

@@ -226,6 +226,8 @@ class ConversationListener:
             if self.closed:
                 return
             self.send(event)
+        if self.last_seq is None and not self.closed:
+            await self.start_live()     # nothing was missed: a position for later gaps
 
     # ------------------------------------------------------------ for subclasses
 
