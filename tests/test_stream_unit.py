@@ -111,6 +111,7 @@ class Harness:
 
     def open(self, query="filter=f-main", token="alice", path="/flows", headers=()):
         channel = self.site.buildProtocol(None)
+        channel.callLater = self.clock.callLater    # its idle timeout on our clock
         transport = StringTransport()
         channel.makeConnection(transport)
         lines = [f"GET {path}{'?' + query if query else ''} HTTP/1.1", "Host: x"]
@@ -228,6 +229,14 @@ def test_sse_framing_ids_and_comment_keepalive(h):
     h.post(MAIN.id, 2, 12)
     assert b"\n:\n\n" in c.body()
     assert [(i, e["id"]) for i, e in c.sse_events()] == [("10", 1), ("12", 2)]
+
+
+def test_a_stream_outlives_the_sites_idle_timeout(h):
+    c = h.open()
+    h.clock.advance(h.site.timeOut + 1)
+    assert not c.transport.disconnecting and not c.listener().closed
+    h.post(MAIN.id, 1, 10)
+    assert [e["id"] for e in c.json_events()] == [1]
 
 
 def test_accept_header_selects_sse(h):
