@@ -100,6 +100,8 @@ async function start(session) {
   state.privates = new Map(privates.filter((p) => p.open)
     .map((p) => [String(p.id), { id: String(p.id), name: p.name }]));
   $('#root').replaceChildren(appView());
+  // On narrow screens the side pane covers the chat: closed until asked for.
+  if (matchMedia('(max-width: 1100px)').matches) $('#app').classList.add('pane-closed');
   renderSidebar();
   connect();
   route(location.pathname, false);
@@ -434,7 +436,8 @@ function isMine(m) { return String(m.user) === String(state.me.id); }
 function mentionsMe(m) {
   const id = state.me.id;
   const tags = m.tags || [];
-  return tags.includes(`:user:${id}`) || tags.includes(`:unread:${id}`) || tags.includes(`:highlight:${id}`)
+  // In a private conversation every message carries `:unread:` for its reader.
+  return tags.includes(`:user:${id}`) || (m.flow && tags.includes(`:unread:${id}`)) || tags.includes(`:highlight:${id}`)
     || (tags.includes(':user:everyone') && !isMine(m));
 }
 
@@ -702,7 +705,10 @@ async function renderThread() {
 function appendThreadComment(m) {
   const list = $('#thread-list');
   if (!list || list.querySelector(`[data-id="${m.id}"]`)) return;
-  list.append(messageView(m, false));
+  const view = messageView(m, false);
+  const inReply = view.querySelector('.in-reply');
+  if (inReply) inReply.remove();     // every comment here answers the same message
+  list.append(view);
   list.scrollTop = list.scrollHeight;
 }
 
