@@ -2,9 +2,11 @@
 connection on a StringTransport with a task.Clock for throttling and timeouts."""
 from __future__ import annotations
 
+import socket
 from types import SimpleNamespace
 
 import pytest
+import pytest_twisted
 from twisted.internet import task
 from twisted.internet.testing import StringTransport
 
@@ -274,3 +276,47 @@ def test_names_reply_split_under_512():
                for l in lines)
     names = " ".join(l.split(" :", 1)[1] for l in lines).split()
     assert names == [f"nick{i}" for i in range(300)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_write_through_keeps_order_when_the_socket_fills():
+    """Output goes straight to the socket while the transport holds nothing; what
+    the socket does not take, and everything after it, goes through the transport,
+    in order."""
+    from twisted.internet import reactor
+    app = SimpleNamespace(server_name="irc.example.com", public_url="http://x.example",
+                          pipeline=SimpleNamespace(hub=Hub()))
+    gateway = IRCGateway(app, reactor)
+    port = reactor.listenTCP(0, gateway, interface="127.0.0.1")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port.getHost().port))
+    sock.setblocking(False)
+    try:
+        while not gateway.connections:
+            await task.deferLater(reactor, 0.01)
+        conn = next(iter(gateway.connections))
+        assert conn._socket is not None
+        conn.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        conn.write(b"first\r\n")
+        assert not conn.transport.dataBuffer and not conn.transport._tempDataLen  # sent
+        lines = [b"line %d %s\r\n" % (i, b"x" * 400) for i in range(500)]
+        for line in lines:
+            conn.write(line)
+        assert conn.transport._tempDataLen or conn.transport.dataBuffer    # buffered
+        expected = b"first\r\n" + b"".join(lines)
+        received = b""
+        while not received.endswith(lines[-1]):
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                await task.deferLater(reactor, 0.002)
+                continue
+            assert data
+            received += data
+        assert received.split(b"\r\n", 1)[1] == expected     # after the 020 notice
+    finally:
+        sock.close()
+        while gateway.connections:
+            await task.deferLater(reactor, 0.01)
+        await port.stopListening()
