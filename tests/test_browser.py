@@ -132,7 +132,7 @@ def test_a_mention_is_highlighted(people, world):
     alice.say("@bob could you review the release notes?")
     mention = bob.message("could you review the release notes")
     expect(mention).to_have_class(re.compile(r"\bmention\b"))
-    expect(mention.locator(".mention.me")).to_have_text("@bob")
+    expect(mention.locator(".at-mention.at-me")).to_have_text("@bob")
     expect(alice.message("could you review")).not_to_have_class(re.compile(r"\bmention\b"))
     # Bob saw it: the server drops his unread mark.
     deadline = time.monotonic() + 10

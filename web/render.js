@@ -36,7 +36,7 @@ export function richText(text, { me, onTag } = {}) {
       } else if (mention) {
         const nick = mention.slice(1).toLowerCase();
         const mine = me && (nick === me.nick.toLowerCase() || ['everyone', 'all', 'team'].includes(nick));
-        frag.append(h('span', { class: mine ? 'mention me' : 'mention' }, mention));
+        frag.append(h('span', { class: mine ? 'at-mention at-me' : 'at-mention' }, mention));
       }
       last = m.index + word.length;
     }
