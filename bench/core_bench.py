@@ -352,8 +352,8 @@ def throughput_phase(server, world, seconds, connections=64):
           f"of {ok} ({min(delivered) / seconds:.0f} msg/s each, "
           f"{sum(delivered) / seconds:.0f} deliveries/s)")
     print(f"    CPU: server {srv:.1f}s ({srv / seconds:.0%} of a core; "
-          f"{thread_split(server.proc.pid, threads0)}), load generator "
-          f"{gen:.1f}s; load average {load0} -> {loadavg()}")
+          f"{thread_split(server.proc.pid, threads0)}; {srv / max(ok, 1) * 1e6:.0f} µs per "
+          f"message), load generator {gen:.1f}s; load average {load0} -> {loadavg()}")
     return {"accepted_per_s": ok / seconds, "delivered_min": min(delivered), "accepted": ok}
 
 
@@ -461,6 +461,8 @@ def main(argv=None):
     parser.add_argument("--only", choices=["throughput", "latency", "memory"], action="append",
                         help="run only these phases (repeatable)")
     parser.add_argument("--seconds", type=float, help="length of phases a and b (default 20)")
+    parser.add_argument("--posters", type=int, default=64,
+                        help="phase a keep-alive posting connections (default 64)")
     parser.add_argument("--rate", type=float, default=300.0, help="phase b posts per second")
     parser.add_argument("--subscribers", type=int, default=100, help="phase b subscribers")
     parser.add_argument("--connections", type=int, nargs="+",
@@ -491,7 +493,7 @@ def main(argv=None):
             try:
                 world = backend.world_for(server)
                 if "throughput" in phases:
-                    throughput_phase(server, world, seconds)
+                    throughput_phase(server, world, seconds, args.posters)
                     sys.stdout.flush()
                 if "latency" in phases:
                     latency_phase(server, world, args.rate, seconds, args.subscribers)
