@@ -1,0 +1,309 @@
+"""WebSocket fan-out benchmark: one sender, many WebSocket clients on one flow.
+
+    .venv/bin/python -m bench.ws_bench                 # all phases, ~2 minutes
+    .venv/bin/python -m bench.ws_bench --only memory   # throughput | latency | memory
+
+(a) throughput: one sender posts over its own WebSocket (pipelined `post` ops, at
+    most 64 unanswered) to a flow with 100, then 1,000 subscribed WebSocket clients;
+    deliveries/s = messages x receivers / (first send → last delivery at any client).
+(b) latency: 100 msg/s for 10 s to 1,000 clients; each message carries its send time,
+    every client measures send → receipt (same clock) for every message; p50/p99/max.
+(c) memory: VmRSS of the server before and after 10,000 idle subscribed WebSocket
+    connections (after a warm-up of 200 opened and closed), divided by 10,000.
+
+The clients are raw asyncio sockets speaking just enough RFC 6455 (handshake, masked
+text frames out, unmasked frames in, pong for ping), spread over 4 processes so that
+the server, not the clients, is what is measured.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import multiprocessing
+import os
+import re
+import struct
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.core_bench import loadavg, machine, pct, raise_nofile, rss_kib  # noqa: E402
+from tests.conftest import World  # noqa: E402
+from tests.support import Flowtwist  # noqa: E402
+
+CTX = multiprocessing.get_context("fork")
+SENT_AT = re.compile(rb'"content":"t=([0-9.]+) ')
+
+
+# ------------------------------------------------------------------ a tiny client
+
+class Socket:
+    def __init__(self, reader, writer):
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int, token: str) -> "Socket":
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write((f"GET /ws?access_token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                      f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                      "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise RuntimeError(head.decode(errors="replace"))
+        return cls(reader, writer)
+
+    def send(self, obj, opcode: int = 1) -> None:
+        data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+        mask = os.urandom(4)
+        n = len(data)
+        head = bytes([0x80 | opcode])
+        if n < 126:
+            head += bytes([0x80 | n])
+        elif n < 65536:
+            head += bytes([0x80 | 126]) + struct.pack("!H", n)
+        else:
+            head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data)) if n < 256 else \
+            (int.from_bytes(data, "big") ^ int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+             ).to_bytes(n, "big")
+        self.writer.write(head + mask + masked)
+
+    async def recv(self) -> bytes:
+        """The next text frame's payload (answers pings itself)."""
+        while True:
+            b0, b1 = await self.reader.readexactly(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack("!H", await self.reader.readexactly(2))[0]
+            elif n == 127:
+                n = struct.unpack("!Q", await self.reader.readexactly(8))[0]
+            payload = await self.reader.readexactly(n) if n else b""
+            opcode = b0 & 0x0F
+            if opcode == 9:
+                self.send(payload, opcode=10)
+            elif opcode == 8:
+                raise EOFError("closed by the server")
+            elif opcode == 1:
+                return payload
+
+    async def until(self, marker: bytes) -> bytes:
+        while True:
+            frame = await self.recv()
+            if marker in frame:
+                return frame
+
+
+async def subscriber(port, token, flow, ready: list) -> Socket:
+    s = await Socket.open(port, token)
+    await s.until(b'"op":"hello"')
+    s.send({"op": "subscribe", "flows": [flow], "private": False})
+    await s.until(b'"op":"synced"')
+    ready.append(s)
+    return s
+
+
+# ------------------------------------------------------------------ receiver processes
+
+def _receivers(port, token, flow, n, expected, started, go, out):
+    async def main():
+        ready: list[Socket] = []
+        for i in range(0, n, 100):
+            await asyncio.gather(*(subscriber(port, token, flow, ready)
+                                   for _ in range(min(100, n - i))))
+        started.put(len(ready))
+        latencies: list[float] = []
+        last = [0.0]
+
+        async def read(s: Socket):
+            got = 0
+            while got < expected:
+                frame = await s.recv()
+                if b'"event":"message"' not in frame:
+                    continue
+                m = SENT_AT.search(frame)
+                if m:
+                    got += 1
+                    now = time.time()
+                    latencies.append(now - float(m.group(1)))
+                    last[0] = max(last[0], now)
+            return got
+
+        counts = await asyncio.wait_for(asyncio.gather(*(read(s) for s in ready)), 600)
+        out.put((sum(counts), last[0], latencies))
+        for s in ready:
+            s.writer.close()
+
+    asyncio.run(main())
+
+
+def _idle(port, token, flow, n, started, done):
+    async def main():
+        ready: list[Socket] = []
+        for i in range(0, n, 200):
+            await asyncio.gather(*(subscriber(port, token, flow, ready)
+                                   for _ in range(min(200, n - i))))
+        started.put(len(ready))
+
+        async def drain(s):      # answer pings, ignore the rest
+            try:
+                while True:
+                    await s.recv()
+            except Exception:
+                pass
+        tasks = [asyncio.ensure_future(drain(s)) for s in ready]
+        await asyncio.get_running_loop().run_in_executor(None, done.get)
+        for t in tasks:
+            t.cancel()
+        for s in ready:
+            s.writer.close()
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------ the sender
+
+async def send_messages(port, token, flow, count, rate=None, window=64) -> float:
+    """Post `count` messages over one WebSocket; returns the first send time."""
+    s = await Socket.open(port, token)
+    await s.until(b'"op":"hello"')
+    acks = asyncio.Semaphore(window)
+    answered = [0]
+
+    async def read_acks():
+        while answered[0] < count:
+            frame = await s.recv()
+            if b'"op":"ack"' in frame or b'"op":"error"' in frame:
+                if b'"op":"error"' in frame:
+                    print("sender error:", frame[:200])
+                answered[0] += 1
+                acks.release()
+    reader = asyncio.ensure_future(read_acks())
+    start = time.time()
+    for i in range(count):
+        if rate:
+            delay = start + i / rate - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await acks.acquire()
+        s.send({"op": "post", "ref": i, "flow": flow, "event": "message",
+                "content": f"t={time.time():.6f} message {i}"})
+    await reader
+    s.writer.close()
+    return start
+
+
+def fan_out(server, world, receivers, count, rate=None, procs=4):
+    started, out = CTX.Queue(), CTX.Queue()
+    per = [receivers // procs + (1 if i < receivers % procs else 0) for i in range(procs)]
+    workers = [CTX.Process(target=_receivers, args=(server.http_port, world.bob.token,
+                                                   world.main["id"], n, count, started,
+                                                   None, out)) for n in per if n]
+    for w in workers:
+        w.start()
+    connected = sum(started.get(timeout=300) for _ in workers)
+    assert connected == receivers, connected
+    cpu0 = server_cpu(server)
+    first = asyncio.run(send_messages(server.http_port, world.alice.token, world.main["id"],
+                                      count, rate))
+    results = [out.get(timeout=600) for _ in workers]
+    cpu = server_cpu(server) - cpu0
+    for w in workers:
+        w.join(30)
+    delivered = sum(r[0] for r in results)
+    last = max(r[1] for r in results)
+    latencies = sorted(x for r in results for x in r[2])
+    return delivered, last - first, latencies, cpu
+
+
+def server_cpu(server) -> float:
+    with open(f"/proc/{server.proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def fresh_server():
+    server = Flowtwist().start()
+    return server, World(server)
+
+
+def throughput(receivers, count):
+    server, world = fresh_server()
+    try:
+        delivered, elapsed, lat, cpu = fan_out(server, world, receivers, count)
+        print(f"(a) throughput, {receivers} clients, {count} messages: "
+              f"{delivered:,} / {receivers * count:,} delivered in {elapsed:.2f} s = "
+              f"{delivered / elapsed:,.0f} deliveries/s ({count / elapsed:,.0f} msg/s); "
+              f"p50 {pct(lat, .5):.0f} ms p99 {pct(lat, .99):.0f} ms; server CPU {cpu:.1f} s",
+              flush=True)
+    finally:
+        server.close()
+
+
+def latency(receivers=1000, rate=100, seconds=10):
+    server, world = fresh_server()
+    try:
+        count = rate * seconds
+        delivered, elapsed, lat, cpu = fan_out(server, world, receivers, count, rate=rate)
+        print(f"(b) latency, {rate} msg/s for {seconds} s to {receivers} clients: "
+              f"p50 {pct(lat, .5):.1f} ms p99 {pct(lat, .99):.1f} ms max {lat[-1] * 1000:.1f} ms; "
+              f"{delivered:,} / {receivers * count:,} delivered; server CPU {cpu:.1f} s "
+              f"in {elapsed:.1f} s", flush=True)
+    finally:
+        server.close()
+
+
+def memory(n=10000, procs=4):
+    server, world = fresh_server()
+    try:
+        warm_started, warm_done = CTX.Queue(), CTX.Queue()
+        w = CTX.Process(target=_idle, args=(server.http_port, world.bob.token, world.main["id"],
+                                           200, warm_started, warm_done))
+        w.start()
+        warm_started.get(timeout=120)
+        warm_done.put(1)
+        w.join(30)
+        time.sleep(2)
+        before = rss_kib(server.proc.pid)
+        started, done = CTX.Queue(), CTX.Queue()
+        workers = [CTX.Process(target=_idle, args=(server.http_port, world.bob.token,
+                                                  world.main["id"], n // procs, started, done))
+                   for _ in range(procs)]
+        for w in workers:
+            w.start()
+        opened = sum(started.get(timeout=600) for _ in workers)
+        time.sleep(2)
+        after = rss_kib(server.proc.pid)
+        print(f"(c) memory: {opened:,} idle WebSockets: RSS {before / 1024:.0f} → "
+              f"{after / 1024:.0f} MiB = {(after - before) / opened:.1f} KiB per connection",
+              flush=True)
+        for _ in workers:
+            done.put(1)
+        for w in workers:
+            w.join(60)
+    finally:
+        server.close()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=("throughput", "latency", "memory"))
+    args = parser.parse_args()
+    raise_nofile()
+    print(f"machine: {machine()}; load average {loadavg()}", flush=True)
+    if args.only in (None, "throughput"):
+        throughput(100, 2000)
+        throughput(1000, 300)
+    if args.only in (None, "latency"):
+        latency()
+    if args.only in (None, "memory"):
+        memory()
+    print(f"load average after: {loadavg()}")
+
+
+if __name__ == "__main__":
+    main()
