@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
 from flowtwist.bridges.irc import IRCGateway, render, wire
@@ -320,3 +320,55 @@ async def test_write_through_keeps_order_when_the_socket_fills():
         while gateway.connections:
             await task.deferLater(reactor, 0.01)
         await port.stopListening()
+
+
+def test_flow_fanout_renders_per_author_nick_and_skips_own_posts():
+    """One hub listener per flow; each connection still sees the author under its
+    own nick for them, nothing of its own post, nothing in a parted channel."""
+    import json
+
+    from flowtwist.bridges.irc.connection import LoginOutcome
+    from flowtwist.bridges.irc.state import Channel
+    from flowtwist.model import Flow, FlowMember, Organization
+    from flowtwist.pipeline import Event
+
+    clock = task.Clock()
+    hub = Hub()
+    chat = SimpleNamespace(activity=lambda *a, **k: defer.succeed(None))
+    app = SimpleNamespace(server_name="irc.example.com", public_url="http://x.example",
+                          pipeline=SimpleNamespace(hub=hub), chat=chat)
+    gateway = IRCGateway(app, clock)
+    org, flow = Organization(1, "Acme", "acme"), Flow("f1", 1, "Main", "main")
+    otto, otto3, eve = user(1, "Otto"), user(3, "otto"), user(5, "Eve")
+    members = [(u, FlowMember("f1", u.id)) for u in (otto, otto3, eve)]
+
+    def connect(me, open_=True, people=members):
+        proto = gateway.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        register(proto, transport)
+        proto.announce_login(LoginOutcome(me, [Channel(flow, org, True, open_, people)]),
+                             from_pass=True)
+        transport.clear()
+        return proto, transport
+
+    a, ta = connect(otto)               # sees user 3 as otto2 (Otto has a lower id)
+    b, tb = connect(eve, people=members[1:])    # (a stale list without Otto) as otto
+    c, tc = connect(eve, open_=False)   # a member, but the channel is not joined
+    d, td = connect(otto3)              # posted the message itself
+    d.remember_post("u1")
+    assert [type(l).__name__ for l in hub.listeners["flow:f1"]] == ["FlowFanout"]
+    msg = {"event": "message", "flow": "f1", "user": "3", "id": 7, "uuid": "u1",
+           "content": "hi there"}
+    hub_listener, = hub.listeners["flow:f1"]
+    hub_listener(Event(7, "f1", 7, "u1", json.dumps(msg).encode()))
+    assert out(ta) == [":otto2!otto3@example.com PRIVMSG #acme/main :hi there"]
+    assert out(tb) == [":otto!otto3@example.com PRIVMSG #acme/main :hi there"]
+    assert out(tc) == [] and out(td) == []
+    presence = {"event": "activity.user", "flow": "f1", "user": "3", "sent": 1234,
+                "content": {"last_activity": 1234}}
+    hub_listener(Event(0, "f1", 0, "", json.dumps(presence).encode()))
+    assert a.presence[3] == b.presence[3] == (True, 1234)
+    for proto in (a, b, c, d):
+        proto.connectionLost()
+    assert "flow:f1" not in hub.listeners or not hub.listeners["flow:f1"]

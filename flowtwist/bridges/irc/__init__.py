@@ -15,7 +15,8 @@ from importlib import metadata
 from twisted.application import internet
 from twisted.internet import endpoints, protocol
 
-from flowtwist.bridges.irc.connection import IRCConnection
+from flowtwist.bridges.irc.connection import IRCConnection, _EventView
+from flowtwist.bridges.irc.fanout import FlowFanout
 from flowtwist.model import Organization, User
 from flowtwist.service import register_edge
 
@@ -48,6 +49,7 @@ class IRCGateway(protocol.Factory):
         self._render_event = None
         self._render_cache: dict = {}
         self._active: dict[int, int] = {}
+        self.fanouts: dict[str, FlowFanout] = {}      # by hub channel ("flow:<id>")
 
     def presence_changed(self, user_id: int, active: bool) -> bool:
         """Count a user's active connections; True when the user as a whole turned
@@ -58,6 +60,23 @@ class IRCGateway(protocol.Factory):
             return not active
         self._active[user_id] = count
         return active and count == 1
+
+    def subscribe_flow(self, channel: str, conn: IRCConnection) -> None:
+        """Let a connection receive a flow's events, through the flow's fan-out."""
+        fanout = self.fanouts.get(channel)
+        if fanout is None:
+            fanout = self.fanouts[channel] = FlowFanout(_EventView)
+            self.app.pipeline.hub.add(channel, fanout)
+        fanout.members[conn] = None
+
+    def unsubscribe_flow(self, channel: str, conn: IRCConnection) -> None:
+        fanout = self.fanouts.get(channel)
+        if fanout is None:
+            return
+        fanout.members.pop(conn, None)
+        if not fanout.members:
+            del self.fanouts[channel]
+            self.app.pipeline.hub.remove(channel, fanout)
 
     def buildProtocol(self, addr):
         return IRCConnection(self)

@@ -18,10 +18,13 @@ from zope.interface import implementer
 
 from flowtwist.bridges.irc import render, wire
 from flowtwist.bridges.irc.commands import Commands
+from flowtwist.bridges.irc.fanout import presence_entry
 from flowtwist.bridges.irc.state import Channel, Roster
 from flowtwist.model import User, flow_channel, now_ms, user_channel
 
 log = Logger()
+
+FLOW_PREFIX = flow_channel("")
 
 PING_INTERVAL = 120.0           # silence before we PING; as long again to answer
 REGISTRATION_TIMEOUT = 60.0
@@ -543,14 +546,22 @@ class IRCConnection(Commands, irc.IRC):
     # ------------------------------------------------------------ events
 
     def _subscribe(self, channel: str) -> None:
+        """Flow channels through the gateway's per-flow fan-out, the own private
+        channel directly."""
         if channel not in self.subscriptions:
             self.subscriptions.append(channel)
-            self.app.pipeline.hub.add(channel, self.on_event)
+            if channel.startswith(FLOW_PREFIX):
+                self.gateway.subscribe_flow(channel, self)
+            else:
+                self.app.pipeline.hub.add(channel, self.on_event)
 
     def _unsubscribe(self, channel: str) -> None:
         if channel in self.subscriptions:
             self.subscriptions.remove(channel)
-            self.app.pipeline.hub.remove(channel, self.on_event)
+            if channel.startswith(FLOW_PREFIX):
+                self.gateway.unsubscribe_flow(channel, self)
+            else:
+                self.app.pipeline.hub.remove(channel, self.on_event)
 
     def _unsubscribe_all(self) -> None:
         for channel in list(self.subscriptions):
@@ -631,12 +642,9 @@ class IRCConnection(Commands, irc.IRC):
             self.write(data)
 
     def _note_presence(self, msg: dict) -> None:
-        try:
-            uid = int(msg.get("user"))
-        except (TypeError, ValueError):
-            return
-        content = msg.get("content") or {}
-        self.presence[uid] = (bool(content.get("last_activity")), msg.get("sent") or now_ms())
+        entry = presence_entry(msg)
+        if entry is not None:
+            self.presence[entry[0]] = entry[1]
 
     # events that change what this connection knows, or need a look-up first
     def needs_preparation(self, msg: dict) -> bool:
