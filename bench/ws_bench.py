@@ -292,6 +292,10 @@ def memory(n=10000, procs=4):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", choices=("throughput", "latency", "memory"))
+    parser.add_argument("--rate", type=int, default=100, help="latency phase: msg/s")
+    parser.add_argument("--clients", type=int, default=1000, help="latency phase: clients")
+    parser.add_argument("--seconds", type=int, default=10, help="latency phase: duration")
+    parser.add_argument("--idle", type=int, default=10000, help="memory phase: connections")
     args = parser.parse_args()
     raise_nofile()
     print(f"machine: {machine()}; load average {loadavg()}", flush=True)
@@ -299,9 +303,9 @@ def main():
         throughput(100, 2000)
         throughput(1000, 300)
     if args.only in (None, "latency"):
-        latency()
+        latency(args.clients, args.rate, args.seconds)
     if args.only in (None, "memory"):
-        memory()
+        memory(args.idle)
     print(f"load average after: {loadavg()}")
 
 
