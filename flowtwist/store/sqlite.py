@@ -132,33 +132,75 @@ class SqliteMessageStore:
 
     @staticmethod
     def _insert_many(conn, docs):
-        results = []
+        """Dedupe, number and insert a batch with a handful of statements: one uuid
+        lookup and one counter update per conversation, one executemany for the rows
+        (every statement costs the reactor thread a GIL hand-off)."""
+        by_conv: dict[str, list] = {}
         for doc in docs:
-            conv = doc["conversation"]
-            if doc.get("uuid"):
-                row = conn.execute(
-                    "SELECT doc, seq FROM messages WHERE conversation=? AND uuid=?",
-                    (conv, doc["uuid"])).fetchone()
-                if row:
+            by_conv.setdefault(doc["conversation"], []).append(doc)
+        existing: dict[tuple, Any] = {}
+        for conv, group in by_conv.items():
+            uuids = list({d["uuid"] for d in group if d.get("uuid")})
+            for i in range(0, len(uuids), 500):
+                chunk = uuids[i:i + 500]
+                for row in conn.execute(
+                        "SELECT doc, seq, uuid FROM messages WHERE conversation=? AND uuid IN "
+                        f"({','.join('?' * len(chunk))})", (conv, *chunk)):
+                    existing[(conv, row[2])] = row
+        results: list = []
+        fresh: list = []            # (index in results, doc), in batch order
+        first: dict[tuple, int] = {}     # uuid -> index of its new doc in this batch
+        counts: dict[str, int] = {}
+        for doc in docs:
+            conv, uuid = doc["conversation"], doc.get("uuid")
+            if uuid:
+                row = existing.get((conv, uuid))
+                if row is not None:
                     results.append((_load(row), False))
                     continue
-            (doc["id"],) = conn.execute(
-                "INSERT INTO counters VALUES (?, 1) ON CONFLICT(conversation) "
-                "DO UPDATE SET last_id = last_id + 1 RETURNING last_id", (conv,)).fetchone()
+                if (conv, uuid) in first:        # twice in one batch: the first wins
+                    results.append(first[(conv, uuid)])      # resolved below
+                    continue
+                first[(conv, uuid)] = len(results)
+            counts[conv] = counts.get(conv, 0) + 1
+            fresh.append((len(results), doc))
+            results.append(None)
+        if not fresh:
+            return results
+        next_id = {}
+        for conv, n in counts.items():
+            (last,) = conn.execute(
+                "INSERT INTO counters VALUES (?, ?) ON CONFLICT(conversation) "
+                "DO UPDATE SET last_id = last_id + excluded.last_id RETURNING last_id",
+                (conv, n)).fetchone()
+            next_id[conv] = last - n + 1
+        # seq is the rowid SQLite would pick (max + 1), given here so that one
+        # executemany stores the batch; the transaction holds the write lock.
+        (seq,) = conn.execute("SELECT coalesce(max(seq), 0) FROM messages").fetchone()
+        rows = []
+        for index, doc in fresh:
+            conv = doc["conversation"]
+            doc["id"] = next_id[conv]
+            next_id[conv] += 1
             thread = doc.get("thread")
             if isinstance(thread, dict) and thread.get("initial_message") is None:
                 thread["initial_message"] = doc["id"]
-            # The stored JSON has no "seq": _load takes it from the row (one statement
-            # per message instead of an INSERT and an UPDATE).
+            # The stored JSON has no "seq": _load takes it from the row.
             doc.pop("seq", None)
-            cur = conn.execute(
-                "INSERT INTO messages (conversation, id, uuid, event, thread_id, tags,"
-                " search_text, doc) VALUES (?,?,?,?,?,?,?,?)",
-                (conv, doc["id"], doc.get("uuid"), doc["event"], doc.get("thread_id"),
-                 json.dumps([t.lower() for t in doc.get("tags", [])]),
-                 searchable_text(doc), json.dumps(doc, separators=(",", ":"))))
-            doc["seq"] = cur.lastrowid
-            results.append((doc, True))
+            seq += 1
+            rows.append((seq, conv, doc["id"], doc.get("uuid"), doc["event"],
+                         doc.get("thread_id"),
+                         json.dumps([t.lower() for t in doc.get("tags", [])]),
+                         searchable_text(doc), json.dumps(doc, separators=(",", ":"))))
+            doc["seq"] = seq
+            results[index] = (doc, True)
+        conn.executemany(
+            "INSERT INTO messages (seq, conversation, id, uuid, event, thread_id, tags,"
+            " search_text, doc) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+        # A duplicate later in the batch answers with its first copy, as stored.
+        for i, result in enumerate(results):
+            if isinstance(result, int):
+                results[i] = (dict(results[result][0]), False)
         return results
 
     def get(self, conversation, message_id):
