@@ -24,6 +24,10 @@ Three connections per process: commands, the consumer's blocking pop, and the on
 subscriber connection that carries every channel this process listens to.  Each
 reconnects with backoff; the subscriber re-subscribes and then reports a gap so that
 listeners resume from the store by their last seen position.
+
+Replies are parsed by hiredis (a dependency; txredisapi uses it when installed): its
+pure-Python parser handles one bulk reply per reactor turn, so a burst of published
+events would reach the streams one turn, and one socket write per client, at a time.
 """
 from __future__ import annotations
 
@@ -42,6 +46,9 @@ from twisted.logger import Logger
 from flowtwist.model import Unavailable
 
 log = Logger()
+
+if txredisapi.RedisProtocol is not txredisapi.HiredisProtocol:     # pragma: no cover
+    log.warn("hiredis is not installed: Redis replies are parsed slowly")
 
 # Move up to ARGV[1] items from the queue's right end to the processing list.
 TAKE = """
