@@ -178,6 +178,22 @@ async def test_threads(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_save_threads_inserts_new_and_replaces_existing(store):
+    """A consumer batch saves its threads together: new ones and updated ones mixed."""
+    def thread(id_, updated, **extra):
+        return {"id": id_, "flow": "flow-a", "title": id_, "_updated_ms": updated,
+                "_empty": False, **extra}
+    await store.save_thread(thread("t1", 100))
+    await store.save_threads([thread("t0", 50), thread("t1", 300, title="renamed"),
+                              thread("t2", 200)])
+    assert (await store.get_thread("t1"))["title"] == "renamed"
+    assert [t["id"] for t in await store.list_threads("flow-a")] == ["t1", "t2", "t0"]
+    await store.save_threads([thread("t0", 400, title="again"), thread("t2", 500)])
+    assert (await store.get_thread("t0"))["title"] == "again"
+    assert [t["id"] for t in await store.list_threads("flow-a")] == ["t2", "t0", "t1"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_two_processes_share_ids_and_dedupe(make_store):
     """Two stores on the same database, as two flowtwist processes: ids and seqs stay
     unique, and one message posted through both (a redelivered queue item) is stored

@@ -387,24 +387,46 @@ class MongoMessageStore:
 
     # ------------------------------------------------------------ threads
 
+    @staticmethod
+    def _thread_row(thread) -> dict:
+        return {"_id": thread["id"], "flow": thread.get("flow"),
+                "source_key": thread.get("_source_key"),
+                "external_id": thread.get("_external_id"),
+                "updated_at": thread.get("_updated_ms", 0),
+                "application": thread.get("_application"),
+                "empty": bool(thread.get("_empty")), "body": _dumps(thread)}
+
     def save_thread(self, thread):
-        row = {"flow": thread.get("flow"), "source_key": thread.get("_source_key"),
-               "external_id": thread.get("_external_id"),
-               "updated_at": thread.get("_updated_ms", 0),
-               "application": thread.get("_application"),
-               "empty": bool(thread.get("_empty")), "body": _dumps(thread)}
+        return self.save_threads([thread])
+
+    def save_threads(self, threads):
+        """Insert or replace threads: one bulk insert (most are threads a message has
+        just started; an insert is cheap everywhere, while an upsert scans the
+        collection on FerretDB 1.x with SQLite), then a replace for each that exists."""
+        rows = [self._thread_row(t) for t in threads]
 
         async def save():
             self._check()
-            # Most saves are of a thread that a message has just started: an insert,
-            # which is cheap everywhere (an upsert scans the collection on FerretDB 1.x).
-            try:
-                await self._run(self._db.threads.insert_one({"_id": thread["id"], **row}))
+            if not rows:
                 return
+            try:
+                await self._run(self._db.threads.insert_many(rows, ordered=False))
+                return
+            except BulkWriteError as e:
+                errors = e.details.get("writeErrors", [])
+                if any(err.get("code") != DUPLICATE for err in errors):
+                    raise
+                existing = [rows[err["index"]] for err in errors]
             except DuplicateKeyError:
-                pass
-            await self._run(self._db.threads.replace_one({"_id": thread["id"]}, row,
-                                                         upsert=True))
+                existing = rows          # no detail: replacing all is idempotent
+            try:
+                await defer.gatherResults([
+                    defer.ensureDeferred(self._run(self._db.threads.replace_one(
+                        {"_id": row["_id"]}, {k: v for k, v in row.items() if k != "_id"},
+                        upsert=True)))
+                    for row in existing], consumeErrors=True)
+            except defer.FirstError as e:
+                e.subFailure.raiseException()
         return defer.ensureDeferred(save())
 
     async def _thread(self, query):
