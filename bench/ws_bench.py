@@ -7,13 +7,18 @@
     most 64 unanswered) to a flow with 100, then 1,000 subscribed WebSocket clients;
     deliveries/s = messages x receivers / (first send → last delivery at any client).
 (b) latency: 100 msg/s for 10 s to 1,000 clients; each message carries its send time,
-    every client measures send → receipt (same clock) for every message; p50/p99/max.
+    one client in 10 measures send → receipt (same clock) for every message; p50/p99/max.
 (c) memory: VmRSS of the server before and after 10,000 idle subscribed WebSocket
     connections (after a warm-up of 200 opened and closed), divided by 10,000.
 
-The clients are raw asyncio sockets speaking just enough RFC 6455 (handshake, masked
-text frames out, unmasked frames in, pong for ping), spread over 4 processes so that
-the server, not the clients, is what is measured.
+Every phase also prints the server's CPU time (user + system, from /proc/<pid>/stat
+before and after) per delivery: unlike deliveries/s and latency it barely depends on
+what else the machine runs.  `--profile PATH` runs the server under cProfile.
+
+The receivers are plain sockets spread over 4 processes (epoll, no asyncio): each
+walks the frame boundaries of what it reads (answering pings, counting messages) and
+only one client in 10 looks inside a message for its send time, so that the clients,
+not the server, are the cheap side.  The sender is one asyncio WebSocket.
 """
 from __future__ import annotations
 
@@ -24,6 +29,9 @@ import json
 import multiprocessing
 import os
 import re
+import resource
+import select
+import socket
 import struct
 import sys
 import time
@@ -109,36 +117,143 @@ async def subscriber(port, token, flow, ready: list) -> Socket:
 
 # ------------------------------------------------------------------ receiver processes
 
-def _receivers(port, token, flow, n, expected, started, go, out):
-    async def main():
-        ready: list[Socket] = []
-        for i in range(0, n, 100):
-            await asyncio.gather(*(subscriber(port, token, flow, ready)
-                                   for _ in range(min(100, n - i))))
-        started.put(len(ready))
-        latencies: list[float] = []
-        last = [0.0]
+class Raw:
+    """A blocking-then-non-blocking socket for the receivers: every frame boundary is
+    walked (to answer pings and count messages) but only sampled clients look inside
+    a message for its send time, so that reading 100,000 frames/s stays cheap."""
+    __slots__ = ("sock", "buf", "count", "last", "sample")
 
-        async def read(s: Socket):
-            got = 0
-            while got < expected:
-                frame = await s.recv()
-                if b'"event":"message"' not in frame:
-                    continue
-                m = SENT_AT.search(frame)
-                if m:
-                    got += 1
-                    now = time.time()
-                    latencies.append(now - float(m.group(1)))
-                    last[0] = max(last[0], now)
-            return got
+    def __init__(self, sock, sample: bool):
+        self.sock, self.buf, self.count, self.last, self.sample = sock, bytearray(), 0, 0.0, sample
 
-        counts = await asyncio.wait_for(asyncio.gather(*(read(s) for s in ready)), 600)
-        out.put((sum(counts), last[0], latencies))
-        for s in ready:
-            s.writer.close()
+    def send(self, data: bytes, opcode: int = 1) -> None:
+        mask = os.urandom(4)
+        n = len(data)
+        head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else
+                                         bytes([0x80 | 126]) + struct.pack("!H", n))
+        self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
 
-    asyncio.run(main())
+    def until(self, marker: bytes) -> None:
+        """Blocking: read frames until a text frame containing `marker`."""
+        while True:
+            p = 0
+            for opcode, a, b in self._walk():
+                p = b
+                if opcode == 1 and self.buf.find(marker, a, b) >= 0:
+                    del self.buf[:p]
+                    return
+            del self.buf[:p]
+            data = self.sock.recv(1 << 16)
+            if not data:
+                raise EOFError("closed by the server")
+            self.buf += data
+
+    def _walk(self):
+        buf, p, size = self.buf, 0, len(self.buf)
+        while size - p >= 2:
+            n = buf[p + 1] & 0x7F
+            h = 2
+            if n == 126:
+                if size - p < 4:
+                    break
+                n, h = (buf[p + 2] << 8) | buf[p + 3], 4
+            elif n == 127:
+                if size - p < 10:
+                    break
+                n, h = int.from_bytes(buf[p + 2:p + 10], "big"), 10
+            if size - p < h + n:
+                break
+            if buf[p] & 0x0F == 9:
+                self.send(bytes(buf[p + h:p + h + n]), opcode=10)
+            yield buf[p] & 0x0F, p + h, p + h + n
+            p += h + n
+
+
+def open_raw(port: int, token: str, sample: bool) -> Raw:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /ws?access_token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                  f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    return Raw(sock, sample)
+
+
+def handshake(raw: Raw) -> None:
+    while b"\r\n\r\n" not in raw.buf:
+        data = raw.sock.recv(4096)
+        if not data:
+            raise EOFError("closed during the handshake")
+        raw.buf += data
+    head, _, rest = bytes(raw.buf).partition(b"\r\n\r\n")
+    if b" 101 " not in head.split(b"\r\n", 1)[0]:
+        raise RuntimeError(head.decode(errors="replace"))
+    raw.buf = bytearray(rest)
+
+
+def connect_raw(port, token, flow, n, sample_every, batch=50) -> list[Raw]:
+    """n subscribed clients, opened `batch` at a time with pipelined requests."""
+    out: list[Raw] = []
+    sub = json.dumps({"op": "subscribe", "flows": [flow], "private": False}).encode()
+    for i in range(0, n, batch):
+        group = [open_raw(port, token, (i + j) % sample_every == 0)
+                 for j in range(min(batch, n - i))]
+        for raw in group:
+            handshake(raw)
+            raw.until(b'"op":"hello"')
+            raw.send(sub)
+        for raw in group:
+            raw.until(b'"op":"synced"')
+        out += group
+    return out
+
+
+def _receivers(port, token, flow, n, expected, sample_every, started, go, out):
+    clients = connect_raw(port, token, flow, n, sample_every)
+    started.put(len(clients))
+    ep = select.epoll()
+    by_fd = {}
+    for raw in clients:
+        raw.sock.setblocking(False)
+        by_fd[raw.sock.fileno()] = raw
+        ep.register(raw.sock.fileno(), select.EPOLLIN)
+    latencies: list[float] = []
+    waiting = len(clients)
+    marker = b'"event":"message"'
+    deadline = time.time() + 600
+    while waiting and time.time() < deadline:
+        for fd, _ in ep.poll(1.0):
+            raw = by_fd[fd]
+            try:
+                data = raw.sock.recv(1 << 18)
+            except BlockingIOError:
+                continue
+            if not data:
+                ep.unregister(fd)
+                waiting -= raw.count < expected
+                raw.count = expected + 1
+                continue
+            now = time.time()
+            raw.buf += data
+            buf = raw.buf
+            p = 0
+            for opcode, a, b in raw._walk():
+                p = b
+                if opcode == 1 and buf.find(marker, a, b) >= 0:
+                    raw.count += 1
+                    if raw.sample:
+                        m = SENT_AT.search(buf, a, b)
+                        if m:
+                            latencies.append(now - float(m.group(1)))
+            del buf[:p]
+            if raw.count >= expected and not raw.last:
+                raw.last = now
+                waiting -= 1
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    out.put((sum(min(r.count, expected) for r in clients), max(r.last for r in clients),
+             latencies, ru.ru_utime + ru.ru_stime))
+    for raw in clients:
+        raw.sock.close()
 
 
 def _idle(port, token, flow, n, started, done):
@@ -197,12 +312,17 @@ async def send_messages(port, token, flow, count, rate=None, window=64) -> float
     return start
 
 
-def fan_out(server, world, receivers, count, rate=None, procs=4):
+PROCS = 4              # receiver processes
+SAMPLE_EVERY = 10      # one client in 10 reads every message's send time
+
+
+def fan_out(server, world, receivers, count, rate=None):
     started, out = CTX.Queue(), CTX.Queue()
+    procs = PROCS
     per = [receivers // procs + (1 if i < receivers % procs else 0) for i in range(procs)]
     workers = [CTX.Process(target=_receivers, args=(server.http_port, world.bob.token,
-                                                   world.main["id"], n, count, started,
-                                                   None, out)) for n in per if n]
+                                                   world.main["id"], n, count, SAMPLE_EVERY,
+                                                   started, None, out)) for n in per if n]
     for w in workers:
         w.start()
     connected = sum(started.get(timeout=300) for _ in workers)
@@ -217,7 +337,21 @@ def fan_out(server, world, receivers, count, rate=None, procs=4):
     delivered = sum(r[0] for r in results)
     last = max(r[1] for r in results)
     latencies = sorted(x for r in results for x in r[2])
-    return delivered, last - first, latencies, cpu
+    return Run(delivered, last - first, latencies, cpu, sum(r[3] for r in results), loadavg())
+
+
+class Run:
+    def __init__(self, delivered, elapsed, latencies, cpu, client_cpu, load):
+        self.delivered, self.elapsed, self.latencies = delivered, elapsed, latencies
+        self.cpu, self.client_cpu, self.load = cpu, client_cpu, load
+
+    def costs(self) -> str:
+        """The load-independent figure: server CPU (user + system, from /proc) per
+        delivery, which includes the per-message work (REST-like post op, store,
+        bus) spread over the receivers."""
+        return (f"server CPU {self.cpu:.1f} s = {self.cpu / max(1, self.delivered) * 1e6:.1f} µs "
+                f"per delivery; receivers' CPU {self.client_cpu:.1f} s; load average "
+                f"{self.load}")
 
 
 def server_cpu(server) -> float:
@@ -226,19 +360,31 @@ def server_cpu(server) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+PROFILE: str | None = None     # --profile: cProfile stats of the server (twistd --profile)
+
+
+class ProfiledFlowtwist(Flowtwist):
+    def args(self) -> list[str]:
+        args = super().args()
+        i = args.index("flowtwist")
+        return args[:i] + [f"--profile={PROFILE}", "--profiler=cprofile", "--savestats"] + \
+            args[i:]
+
+
 def fresh_server():
-    server = Flowtwist().start()
+    server = (ProfiledFlowtwist() if PROFILE else Flowtwist()).start()
     return server, World(server)
 
 
 def throughput(receivers, count):
     server, world = fresh_server()
     try:
-        delivered, elapsed, lat, cpu = fan_out(server, world, receivers, count)
+        run = fan_out(server, world, receivers, count)
+        delivered, elapsed, lat = run.delivered, run.elapsed, run.latencies
         print(f"(a) throughput, {receivers} clients, {count} messages: "
               f"{delivered:,} / {receivers * count:,} delivered in {elapsed:.2f} s = "
               f"{delivered / elapsed:,.0f} deliveries/s ({count / elapsed:,.0f} msg/s); "
-              f"p50 {pct(lat, .5):.0f} ms p99 {pct(lat, .99):.0f} ms; server CPU {cpu:.1f} s",
+              f"p50 {pct(lat, .5):.0f} ms p99 {pct(lat, .99):.0f} ms; {run.costs()}",
               flush=True)
     finally:
         server.close()
@@ -248,11 +394,12 @@ def latency(receivers=1000, rate=100, seconds=10):
     server, world = fresh_server()
     try:
         count = rate * seconds
-        delivered, elapsed, lat, cpu = fan_out(server, world, receivers, count, rate=rate)
+        run = fan_out(server, world, receivers, count, rate=rate)
+        delivered, elapsed, lat = run.delivered, run.elapsed, run.latencies
         print(f"(b) latency, {rate} msg/s for {seconds} s to {receivers} clients: "
-              f"p50 {pct(lat, .5):.1f} ms p99 {pct(lat, .99):.1f} ms max {lat[-1] * 1000:.1f} ms; "
-              f"{delivered:,} / {receivers * count:,} delivered; server CPU {cpu:.1f} s "
-              f"in {elapsed:.1f} s", flush=True)
+              f"p50 {pct(lat, .5):.1f} ms p99 {pct(lat, .99):.1f} ms max {lat[-1] * 1000:.1f} ms "
+              f"({len(lat):,} sampled); {delivered:,} / {receivers * count:,} delivered in "
+              f"{elapsed:.1f} s; {run.costs()}", flush=True)
     finally:
         server.close()
 
@@ -296,7 +443,13 @@ def main():
     parser.add_argument("--clients", type=int, default=1000, help="latency phase: clients")
     parser.add_argument("--seconds", type=int, default=10, help="latency phase: duration")
     parser.add_argument("--idle", type=int, default=10000, help="memory phase: connections")
+    parser.add_argument("--procs", type=int, default=4, help="receiver processes")
+    parser.add_argument("--profile", metavar="PATH",
+                        help="run the server under cProfile; stats of the last server in PATH")
     args = parser.parse_args()
+    global PROCS, PROFILE
+    PROCS = args.procs
+    PROFILE = os.path.abspath(args.profile) if args.profile else None
     raise_nofile()
     print(f"machine: {machine()}; load average {loadavg()}", flush=True)
     if args.only in (None, "throughput"):
