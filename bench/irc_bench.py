@@ -6,10 +6,11 @@ spent per delivery (a figure that does not depend on what else the machine runs)
     .venv/bin/python bench/irc_bench.py [--clients 1000] [--rate 50] [--seconds 20] [--runs 3]
 
 Starts its own flowtwist (tests/support.Flowtwist, embedded stores) on free
-loopback ports.  IRC clients are asyncio protocols (no stream readers) spread over
-worker processes: most of them only count line ends in what they receive, every
-Nth ("timed") client parses its lines and records latencies, so that the load
-generator costs as little as possible.  With --runs the same connections see
+loopback ports.  IRC clients are raw non-blocking sockets read by worker
+processes with epoll: every Nth ("timed") client is read at once by one worker
+that parses its lines and records latencies; the others only count line ends and
+are read every --pause seconds, so that the load generator costs as little as
+possible (the server's work per delivery is the same).  With --runs the same connections see
 several posting rounds, each reported on its own.
 """
 from __future__ import annotations
@@ -65,31 +66,28 @@ class Client:
 
 
 class Worker:
-    """Up to a few thousand clients in one process: non-blocking sockets on one
-    epoll, no event-loop framework, so that a delivery costs the load generator
-    one recv() and a count."""
+    """Some of the clients in one process: non-blocking sockets on one epoll, no
+    event-loop framework, so that a delivery costs the load generator one recv()
+    and a count.  The sockets were connected (in an order that spreads timed
+    clients over the server's fan-out order) before this process was forked.
+    A worker of untimed clients reads every `pause` seconds, so that one recv()
+    takes several messages: the server's work per delivery is the same."""
 
-    def __init__(self, port: int, password: str, n: int, timed_every: int, control):
-        self.port, self.password, self.n = port, password, n
-        self.timed_every = timed_every
+    def __init__(self, socks: list, timed: bool, pause: float, control):
+        self.n = len(socks)
+        self.pause = pause
         self.control = control          # multiprocessing Connection to the main process
         self.epoll = select.epoll()
         self.clients: dict[int, Client] = {}
+        for sock in socks:
+            self.clients[sock.fileno()] = Client(sock, timed)
+            self.epoll.register(sock.fileno(), select.EPOLLIN)
         self.joined = 0
         self.lines = 0
         self.latencies: list[float] = []
         self.bad = 0
 
-    def connect(self) -> None:
-        hello = f"PASS {self.password}\r\nNICK b\r\nUSER b 0 * :Bench\r\n".encode()
-        for i in range(self.n):
-            sock = socket.create_connection(("127.0.0.1", self.port))
-            sock.sendall(hello)
-            sock.setblocking(False)
-            self.clients[sock.fileno()] = Client(sock, i % self.timed_every == 0)
-            self.epoll.register(sock.fileno(), select.EPOLLIN)
-            if i % 50 == 49:
-                self.poll(0.02)
+    def wait_joined(self) -> None:
         while self.joined < self.n:
             self.poll(0.2)
 
@@ -164,17 +162,18 @@ class Worker:
         deadline = None
         while self.lines < expected and (deadline is None or time.time() < deadline):
             self.poll(0.05)
+            if self.pause:
+                time.sleep(self.pause)
             if deadline is None and self.control.poll():
                 deadline = self.control.recv()[1]
         self.control.send((self.latencies, self.lines, self.bad,
                            time.process_time() - cpu0, time.time()))
 
 
-def worker(port: int, password: str, n: int, timed_every: int, runs: int, control) -> None:
-    raise_nofile(n + 100)
-    w = Worker(port, password, n, timed_every, control)
-    w.connect()
-    control.send(n)
+def worker(socks: list, timed: bool, pause: float, runs: int, control) -> None:
+    w = Worker(socks, timed, pause, control)
+    w.wait_joined()
+    control.send(w.n)
     for _ in range(runs):
         w.round()
 
@@ -189,7 +188,10 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=50.0, help="REST posts per second")
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--runs", type=int, default=1, help="posting rounds on the same clients")
-    p.add_argument("--workers", type=int, default=2, help="client processes")
+    p.add_argument("--workers", type=int, default=2,
+                   help="client processes: one for the timed clients, the rest for the others")
+    p.add_argument("--pause", type=float, default=0.1,
+                   help="seconds between reads of the untimed clients")
     p.add_argument("--timed-every", type=int, default=10,
                    help="every Nth client parses lines and records latencies")
     args = p.parse_args()
@@ -205,17 +207,31 @@ def main() -> None:
         password = f"{listener.email} {listener.password}"
         pid = server.proc.pid
 
-        per = [args.clients // args.workers + (1 if i < args.clients % args.workers else 0)
-               for i in range(args.workers)]
-        per = [n for n in per if n]
-        pipes = [mp.Pipe() for _ in per]
-        procs = [mp.Process(target=worker, args=(server.ports["irc"], password, n,
-                                                 args.timed_every, args.runs, child))
-                 for n, (_, child) in zip(per, pipes)]
-        controls = [parent for parent, _ in pipes]
+        # Connect here, in order, every Nth client a timed one; then fork the
+        # workers: one reads the timed clients at once, the others the rest.
+        hello = f"PASS {password}\r\nNICK b\r\nUSER b 0 * :Bench\r\n".encode()
+        timed, bulk = [], []
         t_connect = time.time()
+        for i in range(args.clients):
+            sock = socket.create_connection(("127.0.0.1", server.ports["irc"]))
+            sock.sendall(hello)
+            sock.setblocking(False)
+            (timed if i % args.timed_every == 0 else bulk).append(sock)
+            if i % 50 == 49:
+                time.sleep(0.02)
+        n_bulk = max(1, args.workers - 1)
+        groups = [(timed, True, 0.0)] + [(bulk[i::n_bulk], False, args.pause)
+                                         for i in range(n_bulk)]
+        groups = [g for g in groups if g[0]]
+        ctx = mp.get_context("fork")  # the workers inherit the sockets
+        pipes = [ctx.Pipe() for _ in groups]
+        procs = [ctx.Process(target=worker, args=(socks, is_timed, pause, args.runs, child))
+                 for (socks, is_timed, pause), (_, child) in zip(groups, pipes)]
+        controls = [parent for parent, _ in pipes]
         for proc in procs:
             proc.start()
+        for sock in timed + bulk:
+            sock.close()                # the workers have their own copies
         for control in controls:
             if not control.poll(300):
                 raise RuntimeError("IRC clients did not all join")
