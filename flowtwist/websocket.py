@@ -53,6 +53,7 @@ from flowtwist.api.stream import (PRESENCE_OFFLINE, ConversationListener,
                                   publish_presence)
 from flowtwist.app import App
 from flowtwist.chat import Actor
+from flowtwist.fanout import direct_socket, send_through
 from flowtwist.model import ChatError, Flow, NotFound, User, ValidationError, private_key
 from flowtwist.pipeline import Event, dumps, public
 
@@ -165,6 +166,7 @@ class ChatSocket(WebSocketServerProtocol):
         self.present_in: list[str] = []
         self.paused = False
         self.pending: list[bytes] | None = None
+        self._socket = None         # to write through while the transport holds nothing
         self.pending_bytes = 0
         self._drain_waiters: list[defer.Deferred] = []
         self._work: defer.Deferred = defer.succeed(None)    # ops run one after another
@@ -213,6 +215,7 @@ class ChatSocket(WebSocketServerProtocol):
         except Exception:
             pass
         transport.registerProducer(self, True)
+        self._socket = direct_socket(transport)
         factory.sockets.add(self)
         if self.user is not None:
             self._hello()
@@ -237,10 +240,15 @@ class ChatSocket(WebSocketServerProtocol):
     def send_framed(self, frame: bytes) -> None:
         """Write a complete text frame.  Straight to the transport rather than
         through sendMessage: the fan-out's hottest call, and every socket of an event
-        shares one frame.  (No fragmentation or compression is ever negotiated.)"""
+        shares one frame.  (No fragmentation or compression is ever negotiated.)
+        While the transport holds nothing, the frame goes straight to the socket."""
         if self.finished or self.state != self.STATE_OPEN:
             return
         if not self.paused:
+            if self._socket is not None:
+                frame = send_through(self._socket, self.transport, frame)
+                if not frame:
+                    return
             self.transport.write(frame)
             return
         if self.pending is None:
