@@ -11,7 +11,7 @@ from collections import OrderedDict, deque
 from typing import Any
 
 import attrs
-from twisted.internet import defer, interfaces, tcp
+from twisted.internet import defer, interfaces
 from twisted.logger import Logger
 from twisted.words.protocols import irc
 from zope.interface import implementer
@@ -20,6 +20,7 @@ from flowtwist.bridges.irc import render, wire
 from flowtwist.bridges.irc.commands import Commands
 from flowtwist.bridges.irc.fanout import presence_entry
 from flowtwist.bridges.irc.state import Channel, Roster
+from flowtwist.fanout import direct_socket, send_through
 from flowtwist.model import User, flow_channel, now_ms, user_channel
 
 log = Logger()
@@ -39,16 +40,6 @@ LIGHT_COMMANDS = frozenset({"PING", "PONG"})
 MAX_QUEUED = 60
 MAX_SENDQ = 1 << 20             # unsent output bytes before a reader counts as dead
 MAX_REMEMBERED_POSTS = 1000
-
-
-def direct_socket(transport) -> Any:
-    """The socket of a plain TCP transport, to write through while its buffer is
-    empty; None for anything else (TLS, test transports)."""
-    if (isinstance(transport, tcp.Connection) and not transport.TLS
-            and all(hasattr(transport, name) for name in
-                    ("socket", "dataBuffer", "_tempDataLen", "disconnecting"))):
-        return transport.socket
-    return None
 
 
 @attrs.define
@@ -312,16 +303,10 @@ class IRCConnection(Commands, irc.IRC):
         which then deals with a full or broken socket as usual."""
         if self.closing or self.transport is None:
             return
-        transport = self.transport
-        if (self._socket is not None and not transport.dataBuffer and not transport._tempDataLen
-                and not transport.disconnecting and not transport.TLS):
-            try:
-                sent = self._socket.send(data)
-            except OSError:         # would block, or broken: the transport finds out
-                sent = 0
-            if sent == len(data):
+        if self._socket is not None:
+            data = send_through(self._socket, self.transport, data)
+            if not data:
                 return
-            data = data[sent:]
         if self._write_paused:
             self._sendq += len(data)
             if self._sendq > MAX_SENDQ:
