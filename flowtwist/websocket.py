@@ -561,7 +561,7 @@ class SocketFactory(WebSocketServerFactory):
             maxFramePayloadSize=MAX_MESSAGE_BYTES, maxMessagePayloadSize=MAX_MESSAGE_BYTES,
             autoPingInterval=PING_INTERVAL, autoPingTimeout=PING_TIMEOUT,
             openHandshakeTimeout=15, closeHandshakeTimeout=5, utf8validateIncoming=True,
-            failByDrop=False, webStatus=False)
+            failByDrop=False, webStatus=False, tcpNoDelay=False)
 
     def end_session(self, session_key: str) -> None:
         """The person signed out: close the sockets that the session opened."""
