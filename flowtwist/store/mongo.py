@@ -13,7 +13,10 @@ Collections (in the database named by the URL, default ``flowtwist``):
 
 Ids and seqs: the unique indexes on (conversation, id) and seq are the arbiter (see
 `_allocate`): a process numbers from where it is, and a collision with another
-process makes it re-read the maximum and retry.  A `$inc` counter would be the
+process makes it re-read the maximum (ids) or move on (seqs) and retry.  Seqs are
+clock-based, ``(milliseconds << 10) + n``: several processes consume the queue at once
+(each its own conversations), and numbering from the clock keeps their seqs apart
+and in about the order the messages were stored, with no shared counter.  A `$inc` counter would be the
 textbook way, but FerretDB 1.24 (the server the tests use) applies `$inc`/
 `findAndModify` as read-then-write and loses increments between connections; an
 insert into a unique index is atomic on every MongoDB-compatible server.
@@ -29,7 +32,9 @@ MongoDB-wire server the tests use (FerretDB) supports.
 from __future__ import annotations
 
 import json
+import random
 import re
+import time
 from urllib.parse import urlparse
 
 from pymongo.errors import (AutoReconnect, BulkWriteError, ConnectionFailure,
@@ -45,6 +50,7 @@ from flowtwist.store.sqlite import searchable_text
 log = Logger()
 
 SEQ = "$seq"
+SEQ_SHIFT = 10          # a seq is (milliseconds << SEQ_SHIFT) + n
 DUPLICATE = 11000
 
 
@@ -182,6 +188,7 @@ class MongoMessageStore:
                 rows.append(self._row(docs[i]))
             failed = await self._insert_rows(rows)
             retry = []
+            collided = []
             stored = await self._stored_uuids([docs[new[j]] for j in failed])
             for j, i in enumerate(new):
                 if j not in failed:
@@ -193,9 +200,10 @@ class MongoMessageStore:
                     results[i] = (winner, False)     # another process stored it first
                 else:
                     # Another process took this id or seq: our numbers were stale.
-                    self._next_id.pop(doc["conversation"], None)
-                    self._next_seq = None
+                    collided.append(doc)
                     retry.append(i)
+            if collided:
+                await self._after_collision(collided)
             new = retry
         if new:
             raise RuntimeError(f"could not allocate ids for {len(new)} messages")
@@ -218,13 +226,29 @@ class MongoMessageStore:
                 found[(conv, row["u"])] = _load(row)
         return found
 
+    async def _after_collision(self, docs) -> None:
+        """Some inserts hit the (conversation, id) or the seq index: re-read the
+        highest id of a conversation whose id was taken; step past a taken seq."""
+        id_taken = False
+        for doc in docs:
+            rows = await self._run(self._db.messages.find(
+                {"conversation": doc["conversation"], "id": doc["id"]}, {"id": 1}, limit=1))
+            if rows:
+                self._next_id.pop(doc["conversation"], None)
+                id_taken = True
+        if not id_taken or len(docs) > 1:
+            # a seq taken by another process numbering in the same millisecond
+            self._next_seq = max(self._next_seq or 0, _seq_floor()) + random.randint(
+                1, 1 << SEQ_SHIFT)
+
     async def _allocate(self, docs) -> None:
         """Give each doc the next id of its conversation and the next seq.
 
         The unique indexes on (conversation, id) and seq decide who owns a number:
         this process remembers where it is, and an insert that collides (another
         process wrote there) makes it read the current maximum and try again.  With
-        one active consumer that costs nothing; MongoDB-compatible servers that do
+        one consumer per conversation at a time (the queue is partitioned by
+        conversation) and seqs from the clock that costs nothing; servers that do
         not apply `$inc` atomically across connections (FerretDB 1.x loses updates
         under concurrency) still never hand out a number twice."""
         for conv in {doc["conversation"] for doc in docs}:
@@ -233,6 +257,7 @@ class MongoMessageStore:
                                                           {"conversation": conv}) + 1
         if self._next_seq is None:
             self._next_seq = await self._highest(SEQ, "seq", {}) + 1
+        self._next_seq = max(self._next_seq, _seq_floor())
         for doc in docs:
             doc["id"] = self._next_id[doc["conversation"]]
             self._next_id[doc["conversation"]] += 1
@@ -462,6 +487,10 @@ class MongoMessageStore:
                 spec, limit=int(limit), sort=qf.sort(qf.DESCENDING("updated_at"))))
             return [json.loads(r["body"]) for r in rows]
         return defer.ensureDeferred(run())
+
+
+def _seq_floor() -> int:
+    return int(time.time() * 1000) << SEQ_SHIFT
 
 
 def _with_timeout(d, seconds, reactor):
