@@ -54,7 +54,8 @@ from flowtwist.api.stream import (PRESENCE_OFFLINE, ConversationListener,
 from flowtwist.app import App
 from flowtwist.chat import Actor
 from flowtwist.fanout import direct_socket, send_through
-from flowtwist.model import ChatError, Flow, NotFound, User, ValidationError, private_key
+from flowtwist.model import (ChatError, Flow, NotFound, User, ValidationError, flow_channel,
+                             private_key)
 from flowtwist.pipeline import Event, dumps, public
 
 log = Logger()
@@ -77,8 +78,94 @@ class SocketListener(ConversationListener):
         super().__init__(app, user, flows, private)
         self.socket = socket
 
+    # A flow's events come through the flow's SocketFanout (one hub listener for all
+    # the sockets on it); the user channel is subscribed directly.
+
+    def subscribe(self) -> None:
+        hub, fanouts = self.app.pipeline.hub, self.socket.factory.fanouts
+        for channel in self.channels:
+            if channel.startswith("flow:"):
+                fanouts.join(channel, self)
+            else:
+                hub.add(channel, self)
+
+    def unsubscribe(self) -> None:
+        hub, fanouts = self.app.pipeline.hub, self.socket.factory.fanouts
+        for channel in self.channels:
+            if channel.startswith("flow:"):
+                fanouts.leave(channel, self)
+            else:
+                hub.remove(channel, self)
+
+    def _lost_flow(self, flow_id: str) -> None:
+        super()._lost_flow(flow_id)
+        self.socket.factory.fanouts.leave(flow_channel(flow_id), self)
+
     def deliver(self, event: Event) -> None:
         self.socket.send_framed(event_frame(event))
+
+
+class SocketFanout:
+    """The hub listener of one flow channel for every socket subscribed to it.
+
+    Per event, the frame is built once and each live socket costs a dedupe check
+    and a send(); a listener that is not simply live (holding events while history
+    is replayed, closed, no longer in the flow, its socket paused or not plain TCP)
+    takes the general path, which decides exactly as for a single listener."""
+
+    def __init__(self):
+        self.members: dict[SocketListener, None] = {}
+
+    def __call__(self, event: Event) -> None:
+        conversation, seq = event.conversation, event.seq
+        frame = None
+        for listener in list(self.members):
+            try:
+                if (listener._buffer is not None or listener.closed
+                        or conversation not in listener.flows):
+                    listener(event)
+                    continue
+                if not listener.fresh(event):
+                    continue
+                if seq and (listener.last_seq is None or seq > listener.last_seq):
+                    listener.last_seq = seq
+                if frame is None:
+                    frame = event_frame(event)
+                socket = listener.socket
+                sock = socket._socket
+                if (sock is None or socket.paused or socket.finished
+                        or socket.state != OPEN):
+                    socket.send_framed(frame)
+                    continue
+                rest = send_through(sock, socket.transport, frame)
+                if rest:
+                    socket.send_framed(rest)
+            except Exception:
+                log.failure("WebSocket fan-out to one socket failed")
+
+
+class Fanouts:
+    """This process's SocketFanouts, by hub channel."""
+
+    def __init__(self, hub):
+        self.hub = hub
+        self.by_channel: dict[str, SocketFanout] = {}
+
+    def join(self, channel: str, listener: SocketListener) -> None:
+        fanout = self.by_channel.get(channel)
+        if fanout is None:
+            fanout = self.by_channel[channel] = SocketFanout()
+            self.hub.add(channel, fanout)
+        fanout.members[listener] = None
+
+    def leave(self, channel: str, listener: SocketListener) -> None:
+        fanout = self.by_channel.get(channel)
+        if fanout is None or listener not in fanout.members:
+            return
+        del fanout.members[listener]
+        if not fanout.members:
+            del self.by_channel[channel]
+            self.hub.remove(channel, fanout)
 
     def drained(self) -> defer.Deferred:
         return self.socket.drained()
@@ -540,6 +627,8 @@ class ChatSocket(WebSocketServerProtocol):
             waiter.callback(None)
 
 
+OPEN = ChatSocket.STATE_OPEN
+
 OPS = {name[3:]: getattr(ChatSocket, name) for name in dir(ChatSocket)
        if name.startswith("op_")}
 
@@ -556,6 +645,7 @@ class SocketFactory(WebSocketServerFactory):
         self.sessions = sessions
         self.presence = Presence(app)
         self.sockets: set[ChatSocket] = set()
+        self.fanouts = Fanouts(app.pipeline.hub)
         self.by_session: dict[str, set[ChatSocket]] = {}
         self.setProtocolOptions(
             maxFramePayloadSize=MAX_MESSAGE_BYTES, maxMessagePayloadSize=MAX_MESSAGE_BYTES,
