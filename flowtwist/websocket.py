@@ -66,6 +66,8 @@ PING_INTERVAL = 30.0
 PING_TIMEOUT = 30.0
 AUTH_TIMEOUT = 15.0                 # to send {"op": "auth"} when the URL had no credentials
 MAX_FLOWS = 500
+FLUSH_INTERVAL = 0.02               # while busy, frames to a socket go out together this often
+BUSY_FLUSH = 0.002                  # a flush longer than this counts as busy
 
 CLOSE_UNAUTHORIZED = 4401           # credentials refused or session ended: do not retry
 
@@ -132,14 +134,11 @@ class SocketFanout:
                 if frame is None:
                     frame = event_frame(event)
                 socket = listener.socket
-                sock = socket._socket
-                if (sock is None or socket.paused or socket.finished
-                        or socket.state != OPEN):
+                out = socket._out
+                if out is not None:
+                    out.append(frame)
+                else:
                     socket.send_framed(frame)
-                    continue
-                rest = send_through(sock, socket.transport, frame)
-                if rest:
-                    socket.send_framed(rest)
             except Exception:
                 log.failure("WebSocket fan-out to one socket failed")
 
@@ -254,6 +253,7 @@ class ChatSocket(WebSocketServerProtocol):
         self.paused = False
         self.pending: list[bytes] | None = None
         self._socket = None         # to write through while the transport holds nothing
+        self._out: list[bytes] | None = None    # frames waiting for the factory's flush
         self.pending_bytes = 0
         self._drain_waiters: list[defer.Deferred] = []
         self._work: defer.Deferred = defer.succeed(None)    # ops run one after another
@@ -325,18 +325,50 @@ class ChatSocket(WebSocketServerProtocol):
         self.send_framed(ws_frame(payload))
 
     def send_framed(self, frame: bytes) -> None:
-        """Write a complete text frame.  Straight to the transport rather than
-        through sendMessage: the fan-out's hottest call, and every socket of an event
-        shares one frame.  (No fragmentation or compression is ever negotiated.)
-        While the transport holds nothing, the frame goes straight to the socket."""
+        """Write a complete text frame.  Not through sendMessage: the fan-out's
+        hottest call, and every socket of an event shares one frame.  (No
+        fragmentation or compression is ever negotiated.)
+
+        Frames wait for the factory's next flush, which is at once when the server
+        is idle and at most every FLUSH_INTERVAL while it is busy: under load one
+        send() carries several events (the kernel's send is most of a delivery's
+        cost), so a server that falls behind catches up.  Every frame of a socket
+        goes through here, so their order is kept."""
         if self.finished or self.state != self.STATE_OPEN:
             return
-        if not self.paused:
-            if self._socket is not None:
-                frame = send_through(self._socket, self.transport, frame)
-                if not frame:
-                    return
-            self.transport.write(frame)
+        if self.paused:
+            self._hold(frame)
+            return
+        if self._out is None:
+            self._out = [frame]
+            self.factory.flush_later(self)
+        else:
+            self._out.append(frame)
+
+    def flush(self) -> None:
+        """Write the waiting frames: straight to the socket while the transport
+        holds nothing, else to the transport."""
+        out, self._out = self._out, None
+        if not out or self.finished or self.state != self.STATE_OPEN:
+            return
+        if self.paused:
+            for frame in out:
+                self._hold(frame)
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        if self._socket is not None:
+            data = send_through(self._socket, self.transport, data)
+            if not data:
+                return
+        self.transport.write(data)
+
+    def sendCloseFrame(self, *args, **kwargs):
+        self.flush()        # what was sent before the close goes out before it
+        return super().sendCloseFrame(*args, **kwargs)
+
+    def _hold(self, frame: bytes) -> None:
+        """Queue a frame while the transport pushes back; too much: drop the client."""
+        if self.finished:
             return
         if self.pending is None:
             self.pending = []
@@ -371,6 +403,8 @@ class ChatSocket(WebSocketServerProtocol):
         self.abort()
 
     def drained(self) -> defer.Deferred:
+        if self._out:
+            self.flush()    # history goes at the client's pace: let the transport judge
         if not self.paused or self.finished:
             return defer.succeed(None)
         waiter: defer.Deferred = defer.Deferred()
@@ -622,6 +656,7 @@ class ChatSocket(WebSocketServerProtocol):
             factory.presence.leave(self.user, self.present_in)
         self.present_in = []
         self.pending, self.pending_bytes = None, 0
+        self._out = None
         waiters, self._drain_waiters = self._drain_waiters, []
         for waiter in waiters:
             waiter.callback(None)
@@ -646,12 +681,35 @@ class SocketFactory(WebSocketServerFactory):
         self.presence = Presence(app)
         self.sockets: set[ChatSocket] = set()
         self.fanouts = Fanouts(app.pipeline.hub)
+        self._dirty: list[ChatSocket] = []      # sockets with frames waiting
+        self._flush_call = None
+        self._flushed_at = 0.0                  # when the last busy flush ended
         self.by_session: dict[str, set[ChatSocket]] = {}
         self.setProtocolOptions(
             maxFramePayloadSize=MAX_MESSAGE_BYTES, maxMessagePayloadSize=MAX_MESSAGE_BYTES,
             autoPingInterval=PING_INTERVAL, autoPingTimeout=PING_TIMEOUT,
             openHandshakeTimeout=15, closeHandshakeTimeout=5, utf8validateIncoming=True,
             failByDrop=False, webStatus=False, tcpNoDelay=False)
+
+    def flush_later(self, socket: ChatSocket) -> None:
+        self._dirty.append(socket)
+        if self._flush_call is None:
+            delay = max(0.0, self._flushed_at + FLUSH_INTERVAL - self.reactor.seconds())
+            self._flush_call = self.reactor.callLater(delay, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        dirty, self._dirty = self._dirty, []
+        started = self.reactor.seconds()
+        for socket in dirty:
+            try:
+                socket.flush()
+            except Exception:
+                log.failure("WebSocket write failed")
+        # A flush that took a while (a fan-out to many sockets) means busy: the next
+        # one waits its turn, and carries whatever arrived meanwhile in one send().
+        ended = self.reactor.seconds()
+        self._flushed_at = ended if ended - started > BUSY_FLUSH else 0.0
 
     def end_session(self, session_key: str) -> None:
         """The person signed out: close the sockets that the session opened."""
