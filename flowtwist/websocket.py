@@ -111,9 +111,9 @@ class SocketFanout:
     """The hub listener of one flow channel for every socket subscribed to it.
 
     Per event, the frame is built once and each live socket costs a dedupe check
-    and a send(); a listener that is not simply live (holding events while history
-    is replayed, closed, no longer in the flow, its socket paused or not plain TCP)
-    takes the general path, which decides exactly as for a single listener."""
+    and an append to its waiting frames; a listener that is not simply live
+    (holding events while history is replayed, closed, no longer in the flow) takes
+    the general path, which decides exactly as for a single listener."""
 
     def __init__(self):
         self.members: dict[SocketListener, None] = {}
@@ -661,8 +661,6 @@ class ChatSocket(WebSocketServerProtocol):
         for waiter in waiters:
             waiter.callback(None)
 
-
-OPEN = ChatSocket.STATE_OPEN
 
 OPS = {name[3:]: getattr(ChatSocket, name) for name in dir(ChatSocket)
        if name.startswith("op_")}
