@@ -187,6 +187,17 @@ class MongoMessageStore:
                     docs[i]["thread"]["initial_message"] = docs[i]["id"]
                 rows.append(self._row(docs[i]))
             failed = await self._insert_rows(rows)
+            if failed:
+                # Most often a seq that another process took in the same millisecond:
+                # the same ids with seqs further on, before reading anything.
+                self._next_seq = max(self._next_seq, _seq_floor()) + random.randint(
+                    1, 1 << SEQ_SHIFT)
+                again = [new[j] for j in sorted(failed)]
+                for i in again:
+                    docs[i]["seq"] = self._next_seq
+                    self._next_seq += 1
+                still = await self._insert_rows([self._row(docs[i]) for i in again])
+                failed = {new.index(again[j]) for j in still}
             retry = []
             collided = []
             stored = await self._stored_uuids([docs[new[j]] for j in failed])
