@@ -9,7 +9,10 @@ Two figures:
    consumer) and received by every one of 10 stream subscribers on the same process,
    per second.
 2. ingest: posts accepted per second through 1 process, then through 2 processes
-   sharing the backends (production only), the load split evenly.
+   sharing the backends (production only), the load split evenly between the
+   processes and spread over 16 flows, two in each of the 8 queue partitions (the
+   queue is partitioned by conversation, and each process consumes its share of the
+   partitions; posts into one flow are consumed by one process at a time).
 
 The load comes from an asyncio client in a separate process with keep-alive
 connections; redis-server, FerretDB and PostgreSQL are started by tests/servers.py.
@@ -58,12 +61,13 @@ async def _post_loop(host, port, token, flow_id, deadline, counts):
     writer.close()
 
 
-def _client(targets, token, flow_id, seconds, connections, queue):
+def _client(targets, token, flow_ids, seconds, connections, queue):
     async def main():
         counts: dict[int, int] = {}
         deadline = time.monotonic() + seconds
         await asyncio.gather(*[
-            _post_loop("127.0.0.1", targets[i % len(targets)], token, flow_id, deadline, counts)
+            _post_loop("127.0.0.1", targets[i % len(targets)], token,
+                       flow_ids[i // len(targets) % len(flow_ids)], deadline, counts)
             for i in range(connections)])
         return counts
     queue.put(asyncio.run(main()))
@@ -101,7 +105,38 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-def run_load(servers, world, seconds, connections, subscribers=0):
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and its children (PostgreSQL's backends)."""
+    total = cpu_seconds(pid)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                total += cpu_seconds(int(entry))
+    return total
+
+
+def spread_flows(world, count=16, partitions=None):
+    """`count` flows of alice's, the same number in each queue partition."""
+    from flowtwist.bus.redis import PARTITIONS, partition_of
+    partitions = partitions or PARTITIONS
+    per = count // partitions
+    chosen: dict[int, list] = {k: [] for k in range(partitions)}
+    n = 0
+    while any(len(v) < per for v in chosen.values()):
+        n += 1
+        flow = world.server.create_flow("acme", f"Spread {n}", [world.alice])
+        bucket = chosen[partition_of(flow["id"], partitions)]
+        if len(bucket) < per:
+            bucket.append(flow["id"])
+    return [f for k in range(partitions) for f in chosen[k]]
+
+
+def run_load(servers, world, seconds, connections, subscribers=0, flows=None):
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     subs = []
@@ -114,7 +149,7 @@ def run_load(servers, world, seconds, connections, subscribers=0):
         subs.append(p)
     started = time.monotonic()
     client = ctx.Process(target=_client, args=([s.http_port for s in servers],
-                                               world.alice.token, world.main["id"],
+                                               world.alice.token, flows or [world.main["id"]],
                                                seconds, connections, queue))
     client.start()
     results = [queue.get() for _ in range(1 + subscribers)]
@@ -128,7 +163,8 @@ def run_load(servers, world, seconds, connections, subscribers=0):
 
 
 def report_cpu(label, pids, before):
-    parts = [f"{name} {cpu_seconds(pid) - before.get(pid, 0):.1f}s" for name, pid in pids]
+    parts = [f"{name} {tree_cpu_seconds(pid) - before.get(pid, 0):.1f}s"
+             for name, pid in pids]
     print(f"  CPU during {label}: " + ", ".join(parts))
 
 
@@ -152,35 +188,44 @@ def main(argv=None):
         world = World(first)
         pids = [("flowtwist#1", first.proc.pid)] + [
             (b.name, b.proc.pid) for b in backends]
+        if backends and getattr(backends[1], "postgres", None) is not None:
+            pids.append(("ferretdb's postgres", backends[1].postgres.proc.pid))
         # warm-up
         run_load([first], world, 2, args.connections)
 
-        before = {pid: cpu_seconds(pid) for _, pid in pids}
+        before = {pid: tree_cpu_seconds(pid) for _, pid in pids}
         counts, delivered, elapsed = run_load([first], world, args.seconds, args.connections,
                                               subscribers=10)
         ok = counts.get(201, 0)
         print(f"[{args.backend}] 1 process, 10 subscribers, {args.connections} posting "
-              f"connections, {elapsed:.1f}s")
+              f"connections, {elapsed:.1f}s, load average {os.getloadavg()[0]:.1f}")
         print(f"  accepted+persisted (201): {ok / args.seconds:.0f} msg/s  statuses {counts}")
         print(f"  delivered to each of 10 subscribers: min {min(delivered) / args.seconds:.0f} "
               f"msg/s (total deliveries {sum(delivered) / args.seconds:.0f}/s)")
         report_cpu("delivery run", pids, before)
 
-        before = {pid: cpu_seconds(pid) for _, pid in pids}
-        counts, _, _ = run_load([first], world, args.seconds, args.connections)
+        flows = spread_flows(world) if args.backend == "production" else None
+        if flows:
+            run_load([first], world, 2, args.connections, flows=flows)
+        before = {pid: tree_cpu_seconds(pid) for _, pid in pids}
+        counts, _, _ = run_load([first], world, args.seconds, args.connections, flows=flows)
         one = sum(v for k, v in counts.items() if 200 <= k < 300) / args.seconds
-        print(f"  ingest, 1 process: {one:.0f} msg/s accepted  statuses {counts}")
+        print(f"  ingest, 1 process{', 16 flows' if flows else ''}: {one:.0f} msg/s "
+              f"accepted  statuses {counts}  load average {os.getloadavg()[0]:.1f}")
         report_cpu("1-process ingest", pids, before)
         if args.backend == "production":
             second = Flowtwist(extra_args=extra).start()
             servers.append(second)
             pids.append(("flowtwist#2", second.proc.pid))
-            run_load(servers, world, 2, args.connections)
-            before = {pid: cpu_seconds(pid) for _, pid in pids}
-            counts, _, _ = run_load(servers, world, args.seconds, args.connections)
+            # the second process takes its share of the queue partitions
+            run_load(servers, world, 4, args.connections, flows=flows)
+            before = {pid: tree_cpu_seconds(pid) for _, pid in pids}
+            counts, _, _ = run_load(servers, world, args.seconds, args.connections,
+                                    flows=flows)
             two = sum(v for k, v in counts.items() if 200 <= k < 300) / args.seconds
-            print(f"  ingest, 2 processes: {two:.0f} msg/s accepted ({two / one:.2f}x) "
-                  f"statuses {counts}")
+            print(f"  ingest, 2 processes, 16 flows: {two:.0f} msg/s accepted "
+                  f"({two / one:.2f}x)  statuses {counts}  "
+                  f"load average {os.getloadavg()[0]:.1f}")
             report_cpu("2-process ingest", pids, before)
         print(f"  machine: {os.cpu_count()} CPUs")
     finally:

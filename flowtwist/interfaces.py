@@ -21,8 +21,11 @@ Doc = dict[str, Any]
 class Bus(Protocol):
     """A durable at-least-once queue, and publish/subscribe fan-out between processes."""
 
-    def enqueue(self, item: Doc) -> Awaitable[None]:
-        """Accept an item; once this resolves the item survives a consumer crash."""
+    def enqueue(self, item: Doc, key: str | None = None) -> Awaitable[None]:
+        """Accept an item; once this resolves the item survives a consumer crash.
+        Items with the same `key` (the pipeline passes the conversation) are consumed
+        in order, one batch at a time; items of different keys may be consumed in
+        parallel, by different processes."""
 
     def consume(self, handler: Callable[[list[Doc]], Awaitable[None]]) -> None:
         """Start calling `handler` with batches of queued items, one batch at a time.

@@ -157,17 +157,17 @@ class Pipeline:
     async def submit(self, item: Doc, wait: bool = False) -> Doc | None:
         """Queue an item.  With `wait`, return the stored message once the consumer
         has published it (or None if it took longer than WAIT_TIMEOUT)."""
-        if not wait:
-            await self.bus.enqueue(item)
-            return None
         result = item["doc"] if item["op"] == "post" else item
+        if not wait:
+            await self.bus.enqueue(item, result["conversation"])
+            return None
         key = (result["conversation"], result["uuid"])
         channel = channels_of(result)[0]
         waiter: defer.Deferred = defer.Deferred()
         self._waiters[key].append(waiter)
         self._watch(channel, +1)
         try:
-            await self.bus.enqueue(item)
+            await self.bus.enqueue(item, result["conversation"])
             waiter.addTimeout(WAIT_TIMEOUT, self._reactor)
             try:
                 return await waiter

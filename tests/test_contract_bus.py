@@ -140,7 +140,7 @@ async def test_redis_recovers_items_of_a_dead_consumer(redis_server):
     # heartbeat key is gone.
     dead = RedisBus(redis_server.url, prefix=prefix)
     for n in (1, 2, 3):
-        redis_server.command("LPUSH", dead.processing_key,
+        redis_server.command("LPUSH", dead.processing_key(0),
                              f"q{n}\t" + json.dumps({"n": n}))
     redis_server.command("SADD", dead.consumers_key, dead.consumer_id)
     bus = RedisBus(redis_server.url, prefix=prefix)
@@ -152,8 +152,8 @@ async def test_redis_recovers_items_of_a_dead_consumer(redis_server):
         assert seen == [1, 2, 3]
         await bus.enqueue({"n": 4})
         await until(lambda: len(seen) == 4)
-        assert redis_server.command("LLEN", dead.processing_key) == b":0"
-        assert redis_server.command("LLEN", bus.processing_key) == b":0"
+        assert redis_server.command("LLEN", dead.processing_key(0)) == b":0"
+        assert redis_server.command("LLEN", bus.processing_key(0)) == b":0"
     finally:
         await bus.stop()
 
@@ -167,7 +167,7 @@ async def test_redis_one_consumer_at_a_time_and_takeover(redis_server):
     await b.start()
     seen_a, seen_b = [], []
     a.consume(lambda items: defer.succeed(seen_a.extend(i["n"] for i in items)))
-    await until(lambda: a._leader)
+    await until(lambda: 0 in a.held)
     b.consume(lambda items: defer.succeed(seen_b.extend(i["n"] for i in items)))
     for n in range(20):
         await b.enqueue({"n": n})
@@ -183,6 +183,47 @@ async def test_redis_one_consumer_at_a_time_and_takeover(redis_server):
     await b.enqueue({"n": 20})
     await until(lambda: seen_b == [20])
     await b.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_partitions_shared_between_consumers_in_order_per_key(redis_server):
+    """Two consumers split the partitions between them; every key's items arrive in
+    order, each once; when one stops, the other takes all partitions over."""
+    prefix = "t" + uuid.uuid4().hex[:10]
+    a = RedisBus(redis_server.url, prefix=prefix, ttl=1.0, heartbeat=0.2, partitions=4)
+    b = RedisBus(redis_server.url, prefix=prefix, ttl=1.0, heartbeat=0.2, partitions=4)
+    await a.start()
+    await b.start()
+    seen = {"a": [], "b": []}
+
+    def handler(name):
+        return lambda items: defer.succeed(seen[name].extend(
+            (i["key"], i["n"]) for i in items))
+    try:
+        a.consume(handler("a"))
+        await until(lambda: len(a.held) == 4)
+        b.consume(handler("b"))
+        await until(lambda: len(a.held) == 2 and len(b.held) == 2)
+        assert not a.held & b.held
+        keys = [f"flow-{i}" for i in range(12)]
+        for n in range(10):
+            for key in keys:
+                await (a if n % 2 else b).enqueue({"key": key, "n": n}, key)
+        await until(lambda: len(seen["a"]) + len(seen["b"]) == 120)
+        assert seen["a"] and seen["b"]          # both consumed
+        for name in ("a", "b"):
+            mine = {key for key, _ in seen[name]}
+            for key in mine:
+                assert [n for k, n in seen[name] if k == key] == list(range(10))
+        assert not {k for k, _ in seen["a"]} & {k for k, _ in seen["b"]}
+        await b.stop()
+        await until(lambda: len(a.held) == 4)
+        for key in keys:
+            await a.enqueue({"key": key, "n": 10}, key)
+        await until(lambda: len(seen["a"]) + len(seen["b"]) == 132)
+    finally:
+        await a.stop()
+        await b.stop()
 
 
 @pytest_twisted.ensureDeferred

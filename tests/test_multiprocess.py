@@ -10,6 +10,7 @@ import uuid
 import pytest
 import redis as redis_client
 
+from flowtwist.bus.redis import partition_of
 from tests.conftest import World
 from tests.support import Flowtwist, User
 
@@ -64,11 +65,13 @@ def test_posted_on_one_process_streamed_from_the_other(pair, world):
     back.close()
 
 
-def consumer_pid(redis_port: int) -> int:
+def consumer_pid(redis_port: int, conversation: str) -> int:
+    """The process consuming the queue partition of a conversation."""
     r = redis_client.Redis(port=redis_port, db=REDIS_DB)
+    lease = f"flowtwist:lease:{partition_of(conversation)}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        holder = r.get("flowtwist:lease")
+        holder = r.get(lease)
         if holder:
             return int(holder.decode().split(":")[1])
         time.sleep(0.05)
@@ -78,7 +81,7 @@ def consumer_pid(redis_port: int) -> int:
 def test_kill_9_of_the_consumer_loses_nothing_and_duplicates_nothing(pair, world,
                                                                      redis_server):
     a, b = pair
-    pid = consumer_pid(redis_server.port)
+    pid = consumer_pid(redis_server.port, world.main["id"])
     consumer, other = (a, b) if a.proc.pid == pid else (b, a)
     assert consumer.proc.pid == pid
     stream = on(other, world.bob).stream(world.main["id"])

@@ -36,7 +36,8 @@ class MemoryBus:
         self._handler = None
         return defer.succeed(None)
 
-    def enqueue(self, item):
+    def enqueue(self, item, key=None):
+        # One queue in one process: every key is consumed in order anyway.
         self._queue.append([item, 0, False])   # item, failed attempts, retry alone
         self._kick()
         return defer.succeed(None)

@@ -1,29 +1,41 @@
 """The production bus: a durable queue and pub/sub fan-out in Redis (txredisapi).
 
-Keys (all under one prefix, default ``flowtwist``):
+Keys (all under one prefix, default ``flowtwist``; k = 0 .. partitions-1):
 
-- ``<p>:queue``                 the queue; producers LPUSH, the consumer takes from the right
-- ``<p>:processing:<consumer>`` items a consumer has taken and not yet acknowledged
-- ``<p>:alive:<consumer>``      that consumer's heartbeat, a key with a TTL
-- ``<p>:consumers``             every consumer id that may own a processing list
-- ``<p>:attempts``              hash: queue item id → failed attempts so far
-- ``<p>:dead``                  dead letters: items that failed ``max_attempts`` times
-- ``<p>:lease``                 which consumer is the active one (SET NX PX, renewed)
+- ``<p>:queue:<k>``                 partition k of the queue; producers LPUSH, its
+                                    consumer takes from the right
+- ``<p>:processing:<consumer>:<k>`` items a consumer took from partition k and has not
+                                    yet acknowledged
+- ``<p>:lease:<k>``                 which consumer consumes partition k (SET PX, renewed)
+- ``<p>:alive:<consumer>``          that consumer's heartbeat, a key with a TTL (value 1
+                                    if it consumes, 0 if it only produces)
+- ``<p>:consumers``                 every consumer id that may own a processing list
+- ``<p>:attempts``                  hash: queue item id → failed attempts so far
+- ``<p>:dead``                      dead letters: items that failed ``max_attempts`` times
 
-One process at a time consumes (the holder of the lease); the others stand by and take
-over when its lease runs out.  A single consumer keeps the ids of a flow published in
-the order they were assigned, which is what listeners rely on; ingest (accepting and
-queueing posts) scales with the processes, and the consumer stores and publishes whole
-batches.  An item moves atomically into the consumer's processing list (BLMOVE, then a
-script moving up to a batch) and is removed from there only after the handler resolved,
-i.e. after the messages were stored and published.  A consumer whose heartbeat expired
-is dead: its processing list goes back to the queue (an atomic script, so two live
-processes never both recover it), counting one more attempt for each item.
+An item goes to the partition of its key (the pipeline passes the conversation:
+``crc32(key) % partitions``), so the items of one conversation are consumed in order,
+by one consumer at a time, which keeps a flow's ids published in the order they were
+assigned (what listeners rely on); different conversations are consumed in parallel
+by different processes.  Every process must use the same number of partitions.
 
-Three connections per process: commands, the consumer's blocking pop, and the one
-subscriber connection that carries every channel this process listens to.  Each
-reconnects with backoff; the subscriber re-subscribes and then reports a gap so that
-listeners resume from the store by their last seen position.
+Each consumer holds the leases of its share of the partitions (ceil(partitions / live
+consumers)); a heartbeat script renews them, takes free ones up to the share, and
+reports the share, so a process holding more than it should gives the extras up after
+their current batch (a process that joins gets partitions within a few heartbeats).
+Per held partition a loop moves items atomically into the consumer's processing list
+(BLMOVE, then a script moving up to a batch); they are removed from there only after
+the handler resolved, i.e. after the messages were stored and published.  The handler
+runs one batch at a time per process.  A consumer whose heartbeat expired is dead: the
+same heartbeat script (atomic, so two live processes never both recover it) puts its
+processing lists back at the consuming end of their partitions, counting one more
+attempt for each item; its leases outlive its heartbeat by two beats, so a partition's
+next consumer always starts with the recovered items, in their order.
+
+Connections per process: commands, one for the blocking pop of each partition it
+consumes, and the one subscriber connection that carries every channel this process
+listens to.  Each reconnects with backoff; the subscriber re-subscribes and then
+reports a gap so that listeners resume from the store by their last seen position.
 
 Replies are parsed by hiredis (a dependency; txredisapi uses it when installed): its
 pure-Python parser handles one bulk reply per reactor turn, so a burst of published
@@ -35,6 +47,7 @@ import json
 import os
 import socket
 import uuid as uuidlib
+import zlib
 from collections import defaultdict
 from urllib.parse import unquote, urlparse
 
@@ -50,22 +63,36 @@ log = Logger()
 if txredisapi.RedisProtocol is not txredisapi.HiredisProtocol:     # pragma: no cover
     log.warn("hiredis is not installed: Redis replies are parsed slowly")
 
-# Move up to ARGV[1] items from the queue's right end to the processing list.
+# Take up to ARGV[1] items in all from the given partitions (KEYS = queue, processing
+# pairs), each partition's from its right end into its processing list.
+# Returns {partition index, item, partition index, item, ...} (index into the pairs).
 TAKE = """
-local out = {}
-for i = 1, tonumber(ARGV[1]) do
-  local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-  if not v then break end
-  out[#out + 1] = v
+local out, left = {}, tonumber(ARGV[1])
+for j = 1, #KEYS, 2 do
+  while left > 0 do
+    local v = redis.call('LMOVE', KEYS[j], KEYS[j + 1], 'RIGHT', 'LEFT')
+    if not v then break end
+    out[#out + 1] = (j - 1) / 2
+    out[#out + 1] = v
+    left = left - 1
+  end
 end
 return out
 """
 
-# Acknowledge: ARGV = id1, item1, id2, item2, ...
+# Queue an item and ring its partition's bell (a one-element list a consumer with
+# nothing to do blocks on).  KEYS = queue, bell; ARGV = item.
+ENQUEUE = """
+redis.call('LPUSH', KEYS[1], ARGV[1])
+if redis.call('LLEN', KEYS[2]) == 0 then redis.call('LPUSH', KEYS[2], '1') end
+return 1
+"""
+
+# Acknowledge: KEYS = attempts, processing lists; ARGV = key index, id, item, ...
 ACK = """
-for i = 1, #ARGV, 2 do
-  redis.call('LREM', KEYS[1], -1, ARGV[i + 1])
-  redis.call('HDEL', KEYS[2], ARGV[i])
+for i = 1, #ARGV, 3 do
+  redis.call('LREM', KEYS[tonumber(ARGV[i])], -1, ARGV[i + 2])
+  redis.call('HDEL', KEYS[1], ARGV[i + 1])
 end
 return 1
 """
@@ -89,39 +116,101 @@ end
 return dead
 """
 
-# Give a processing list back to the queue (oldest taken item consumed first again).
-# KEYS = alive key, processing, queue, consumers, attempts; ARGV = consumer id, force,
-# count attempts.  Does nothing while the owner's heartbeat is alive (unless forced).
-RECOVER = """
-if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+# Give a processing list back to its queue partition (oldest taken item first again).
+# KEYS = processing, queue.
+REQUEUE = """
 local n = 0
 while true do
-  local v = redis.call('LMOVE', KEYS[2], KEYS[3], 'LEFT', 'RIGHT')
+  local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
   if not v then break end
   n = n + 1
-  if ARGV[3] == '1' then
-    local id = string.match(v, '^([^\\t]*)\\t')
-    if id then redis.call('HINCRBY', KEYS[5], id, 1) end
-  end
 end
-if ARGV[2] ~= '1' then redis.call('SREM', KEYS[4], ARGV[1]) end
 return n
 """
 
-# Take or keep the lease: KEYS = lease; ARGV = consumer id, ttl ms.
-LEASE = """
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+# The heartbeat: ARGV = prefix, consumer id, partitions, alive ms, lease ms, consumes
+# (1/0), first partition to try, partitions whose loop runs here (comma-separated).
+# Recovers dead consumers, renews and takes leases up to this consumer's share, and
+# puts back what this consumer took from partitions it no longer consumes.
+# Returns {recovered, share, held partition, ...}.
+HEARTBEAT = """
+local p, me, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local consumes = ARGV[6] == '1'
+redis.call('SET', p .. ':alive:' .. me, consumes and '1' or '0', 'PX', ARGV[4])
+redis.call('SADD', p .. ':consumers', me)
+if not consumes then return {0, 0} end
+local running = {}
+for k in string.gmatch(ARGV[8], '%d+') do running[tonumber(k)] = true end
+local live, recovered = 0, 0
+for _, c in ipairs(redis.call('SMEMBERS', p .. ':consumers')) do
+  local state = redis.call('GET', p .. ':alive:' .. c)
+  if state == '1' then
+    live = live + 1
+  elseif not state then
+    for k = 0, n - 1 do
+      local src = p .. ':processing:' .. c .. ':' .. k
+      while true do
+        local v = redis.call('LMOVE', src, p .. ':queue:' .. k, 'LEFT', 'RIGHT')
+        if not v then break end
+        recovered = recovered + 1
+        local id = string.match(v, '^([^\t]*)\t')
+        if id then redis.call('HINCRBY', p .. ':attempts', id, 1) end
+      end
+    end
+    redis.call('SREM', p .. ':consumers', c)
+  end
 end
-return 0
+local share = math.ceil(n / math.max(live, 1))
+local held = {}
+for k = 0, n - 1 do
+  local lease = p .. ':lease:' .. k
+  if redis.call('GET', lease) == me then
+    redis.call('SET', lease, me, 'PX', ARGV[5])
+    held[#held + 1] = k
+  end
+end
+local first = tonumber(ARGV[7])
+for i = 0, n - 1 do
+  if #held >= share then break end
+  local k = (first + i) % n
+  local lease = p .. ':lease:' .. k
+  if redis.call('SET', lease, me, 'NX', 'PX', ARGV[5]) then held[#held + 1] = k end
+end
+local mine = {}
+for _, k in ipairs(held) do mine[k] = true end
+for k = 0, n - 1 do
+  if not mine[k] and not running[k] then
+    local src = p .. ':processing:' .. me .. ':' .. k
+    while true do
+      local v = redis.call('LMOVE', src, p .. ':queue:' .. k, 'LEFT', 'RIGHT')
+      if not v then break end
+    end
+  end
+end
+local out = {recovered, share}
+for _, k in ipairs(held) do out[#out + 1] = k end
+return out
 """
 
+# Give up a partition: put back what was taken from it, then drop the lease.
+# KEYS = processing, queue, lease; ARGV = consumer id.
 RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+while true do
+  local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+  if not v then break end
+end
+if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
 return 1
 """
+
+PARTITIONS = 8
+
+
+def partition_of(key: str | None, partitions: int = PARTITIONS) -> int:
+    """The queue partition of an item key (the same in every process)."""
+    if not key:
+        return 0
+    return zlib.crc32(key.encode("utf-8")) % partitions
 
 
 def parse_url(url: str) -> dict:
@@ -264,7 +353,7 @@ class RedisBus:
 
     def __init__(self, url: str, reactor=None, *, prefix: str = "flowtwist",
                  batch: int = 256, max_attempts: int = 5, heartbeat: float = 1.0,
-                 ttl: float = 5.0, timeout: float = 5.0):
+                 ttl: float = 5.0, timeout: float = 5.0, partitions: int = PARTITIONS):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -276,13 +365,11 @@ class RedisBus:
         self.heartbeat = heartbeat
         self.ttl = ttl
         self.timeout = timeout
+        self.partitions = partitions
         self.consumer_id = f"{socket.gethostname()}:{os.getpid()}:{uuidlib.uuid4().hex[:8]}"
-        self.queue_key = f"{prefix}:queue"
-        self.processing_key = self._processing(self.consumer_id)
         self.consumers_key = f"{prefix}:consumers"
         self.attempts_key = f"{prefix}:attempts"
         self.dead_key = f"{prefix}:dead"
-        self.lease_key = f"{prefix}:lease"
         self._commands = _Link(self, "command", _Commands, self._commands_ready)
         self._blocking = _Link(self, "consumer", _Commands)
         self._subscriber = _Link(self, "subscriber", _Subscriber, self._subscriber_ready)
@@ -291,12 +378,24 @@ class RedisBus:
         self._gap_pending = False
         self._handler = None
         self._running = False
-        self._leader = False
+        self.held: set[int] = set()                 # partitions whose lease we hold
+        self._giving_up: set[int] = set()           # held, to release after this batch
+        self._inflight: set[int] = set()            # partitions of the batch in hand
         self._loop: defer.Deferred | None = None
+        self._first = zlib.crc32(self.consumer_id.encode()) % partitions
         self._beat = None
 
-    def _processing(self, consumer_id: str) -> str:
-        return f"{self.prefix}:processing:{consumer_id}"
+    def queue_key(self, partition: int) -> str:
+        return f"{self.prefix}:queue:{partition}"
+
+    def processing_key(self, partition: int, consumer_id: str | None = None) -> str:
+        return f"{self.prefix}:processing:{consumer_id or self.consumer_id}:{partition}"
+
+    def bell_key(self, partition: int) -> str:
+        return f"{self.prefix}:bell:{partition}"
+
+    def lease_key(self, partition: int) -> str:
+        return f"{self.prefix}:lease:{partition}"
 
     def _alive(self, consumer_id: str) -> str:
         return f"{self.prefix}:alive:{consumer_id}"
@@ -329,21 +428,21 @@ class RedisBus:
         if proto is not None:
             try:
                 # Hand back anything unacknowledged, and step aside at once.
-                await proto.eval(RECOVER, [self._alive(self.consumer_id), self.processing_key,
-                                           self.queue_key, self.consumers_key,
-                                           self.attempts_key],
-                                 [self.consumer_id, "1", "0"])
-                await proto.eval(RELEASE, [self.lease_key], [self.consumer_id])
+                for k in range(self.partitions):
+                    await proto.eval(RELEASE, [self.processing_key(k), self.queue_key(k),
+                                               self.lease_key(k)], [self.consumer_id])
                 await proto.execute_command("DEL", self._alive(self.consumer_id))
                 await proto.execute_command("SREM", self.consumers_key, self.consumer_id)
             except Exception:
                 log.failure("could not deregister the Redis consumer")
+        self.held = set()
         await self._subscriber.stop()
         await self._commands.stop()
 
     async def _register(self) -> None:
         proto = await self._commands.when_ready()
-        await proto.execute_command("SET", self._alive(self.consumer_id), b"1",
+        await proto.execute_command("SET", self._alive(self.consumer_id),
+                                    b"1" if self._handler else b"0",
                                     "PX", int(self.ttl * 1000))
         await proto.execute_command("SADD", self.consumers_key, self.consumer_id)
 
@@ -370,24 +469,38 @@ class RedisBus:
         if proto is None:
             return
         ttl_ms = int(self.ttl * 1000)
-        await proto.execute_command("SET", self._alive(self.consumer_id), b"1", "PX", ttl_ms)
-        if self._handler is None:
-            return
-        # The lease outlives the heartbeat key by two beats: whoever takes the lease
-        # over finds the previous consumer's heartbeat gone and recovers its items
-        # before consuming anything new (which keeps each flow's ids in order).
+        # A lease outlives the heartbeat key by two beats: whoever takes a partition
+        # over finds the previous consumer's heartbeat gone and its items recovered
+        # before it consumes anything new (which keeps each flow's ids in order).
         lease_ms = ttl_ms + int(2000 * self.heartbeat)
-        leader = bool(await proto.eval(LEASE, [self.lease_key], [self.consumer_id, lease_ms]))
-        if leader and not self._leader:
-            log.info("this process is now the queue consumer ({id})", id=self.consumer_id)
-        elif self._leader and not leader:
-            log.warn("lost the queue consumer lease; standing by")
-        self._leader = leader
-        if leader:
-            await self._recover_dead(proto)
-            if self._loop is None:
-                self._loop = defer.ensureDeferred(self._consume_loop())
-                self._loop.addBoth(self._loop_ended)
+        consumes = self._handler is not None
+        reply = await proto.eval(HEARTBEAT, [], [
+            self.prefix, self.consumer_id, self.partitions, ttl_ms, lease_ms,
+            1 if consumes else 0, self._first, ",".join(str(k) for k in self._inflight)])
+        if not consumes or not self._running:
+            return
+        recovered, share = int(reply[0]), int(reply[1])
+        held = {int(k) for k in reply[2:]}
+        if recovered:
+            log.warn("recovered {n} unacknowledged queue items of a dead consumer",
+                     n=recovered)
+        lost = self.held - held - self._giving_up
+        if lost:
+            log.warn("lost the lease on queue partitions {ks}; another process consumes them",
+                     ks=",".join(str(k) for k in sorted(lost)))
+        gained = held - self.held
+        self.held = held
+        self._giving_up &= held
+        # More than our share (another process joined): give the extras up after the
+        # current batch; the others take them on their next heartbeat.
+        keep = sorted(held - self._giving_up)
+        self._giving_up.update(keep[share:])
+        if gained:
+            log.info("consuming queue partitions {ks} ({id})",
+                     ks=",".join(str(k) for k in sorted(held)), id=self.consumer_id)
+        if self._loop is None and held:
+            self._loop = defer.ensureDeferred(self._consume_loop())
+            self._loop.addBoth(self._loop_ended)
 
     def _loop_ended(self, result):
         self._loop = None
@@ -395,28 +508,16 @@ class RedisBus:
             log.error("queue consumer loop ended: {r}", r=result)
         return None
 
-    async def _recover_dead(self, proto) -> None:
-        members = await proto.execute_command("SMEMBERS", self.consumers_key)
-        for raw in members or ():
-            cid = raw.decode() if isinstance(raw, bytes) else str(raw)
-            if cid == self.consumer_id:
-                continue
-            n = await proto.eval(RECOVER, [self._alive(cid), self._processing(cid),
-                                           self.queue_key, self.consumers_key,
-                                           self.attempts_key], [cid, "0", "1"])
-            if n and n > 0:
-                log.warn("recovered {n} unacknowledged queue items of dead consumer {cid}",
-                         n=n, cid=cid)
-
     # ------------------------------------------------------------ queue
 
-    def enqueue(self, item):
+    def enqueue(self, item, key: str | None = None):
         proto = self._commands.proto
         if proto is None or not self._running:
             return defer.fail(Unavailable("Message queue unavailable, try again later"))
         payload = uuidlib.uuid4().hex.encode() + b"\t" + json.dumps(
             item, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        d = proto.execute_command("LPUSH", self.queue_key, payload)
+        k = partition_of(key, self.partitions)
+        d = proto.eval(ENQUEUE, [self.queue_key(k), self.bell_key(k)], [payload])
         d.addTimeout(self.timeout, self.reactor)
 
         def failed(f):
@@ -431,58 +532,82 @@ class RedisBus:
             self._beat.reset(0)
 
     async def _consume_loop(self) -> None:
-        while self._running and self._leader and self._handler is not None:
+        """One loop per process over the partitions it holds: a batch takes from all
+        of them (each conversation's items stay in order), so a process holding many
+        partitions still stores and publishes few, large batches."""
+        turn = 0
+        while self._running and self._handler is not None and self.held:
+            for k in sorted(self._giving_up):
+                await self._release(k)
+            partitions = sorted(self.held - self._giving_up)
+            if not partitions:
+                await _sleep(self.reactor, self.heartbeat)
+                continue
+            turn += 1
+            partitions = partitions[turn % len(partitions):] + partitions[:turn % len(partitions)]
             try:
-                items = await self._take()
+                taken = await self._take(partitions)
+                if not taken:
+                    blocking = await self._blocking.when_ready()
+                    await blocking.execute_command(
+                        "BLPOP", *[self.bell_key(k) for k in partitions], 1)
+                    continue
             except Exception as e:
                 if not self._running:
                     return
                 log.warn("queue consumer: {e}; retrying", e=e)
-                await self._requeue_own()
+                for k in partitions:
+                    await self._requeue_own(k)
                 await _sleep(self.reactor, 0.5)
                 continue
-            if items:
-                await self._handle(items)
+            self._inflight = {k for k, _ in taken}
+            try:
+                await self._handle(taken)
+            finally:
+                self._inflight = set()
 
-    async def _take(self) -> list[bytes]:
-        proto = await self._commands.when_ready()
-        items = await proto.eval(TAKE, [self.queue_key, self.processing_key], [self.batch])
-        if items:
-            return list(items)
-        blocking = await self._blocking.when_ready()
-        first = await blocking.execute_command("BLMOVE", self.queue_key, self.processing_key,
-                                               "RIGHT", "LEFT", 1)
-        if not first:
-            return []
-        proto = await self._commands.when_ready()
-        more = await proto.eval(TAKE, [self.queue_key, self.processing_key], [self.batch - 1])
-        return [first, *(more or ())]
+    async def _release(self, k: int) -> None:
+        """Hand a partition over: nothing of it stays taken here."""
+        try:
+            proto = await self._commands.when_ready()
+            await proto.eval(RELEASE, [self.processing_key(k), self.queue_key(k),
+                                       self.lease_key(k)], [self.consumer_id])
+            self.held.discard(k)
+            self._giving_up.discard(k)
+            log.info("gave queue partition {k} up to balance the consumers", k=k)
+        except Exception as e:
+            log.warn("could not release queue partition {k} yet: {e}", k=k, e=e)
 
-    async def _requeue_own(self) -> None:
+    async def _take(self, partitions: list[int]) -> list[tuple[int, bytes]]:
+        keys = [key for k in partitions
+                for key in (self.queue_key(k), self.processing_key(k))]
+        proto = await self._commands.when_ready()
+        flat = await proto.eval(TAKE, keys, [self.batch]) or []
+        return [(partitions[int(flat[i])], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    async def _requeue_own(self, k: int) -> None:
         """After a connection error: whatever we took goes back to the queue."""
         try:
             proto = await self._commands.when_ready()
-            await proto.eval(RECOVER, [self._alive(self.consumer_id), self.processing_key,
-                                       self.queue_key, self.consumers_key, self.attempts_key],
-                             [self.consumer_id, "1", "0"])
+            await proto.eval(REQUEUE, [self.processing_key(k), self.queue_key(k)], [])
         except Exception as e:
             log.warn("could not requeue in-flight items yet: {e}", e=e)
 
-    async def _handle(self, raw_items: list[bytes]) -> None:
+    async def _handle(self, taken: list[tuple[int, bytes]]) -> None:
         entries, bad = [], []
-        for raw in raw_items:
+        for k, raw in taken:
             qid, _, body = raw.partition(b"\t")
             try:
-                entries.append((qid, raw, json.loads(body)))
+                entries.append((k, qid, raw, json.loads(body)))
             except ValueError:
-                bad.append((qid, raw))
+                bad.append((k, qid, raw))
         if bad:
             log.error("dead-lettering {n} malformed queue items", n=len(bad))
             await self._fail(bad, max_attempts=1)
         if not entries:
             return
         try:
-            await self._handler([item for _, _, item in entries])
+            await self._handler([item for *_, item in entries])
         except Exception:
             log.failure("queue consumer failed; retrying {n} items", n=len(entries))
             # Retry item by item, so that one bad item cannot take the good ones of
@@ -490,40 +615,48 @@ class RedisBus:
             failed, done = [], []
             for entry in entries if len(entries) > 1 else ():
                 try:
-                    await self._handler([entry[2]])
+                    await self._handler([entry[3]])
                     done.append(entry)
                 except Exception:
                     failed.append(entry)
             failed, entries = (failed, done) if len(entries) > 1 else (entries, [])
             if failed:
                 try:
-                    await self._fail([(qid, raw) for qid, raw, _ in failed])
+                    await self._fail([(k, qid, raw) for k, qid, raw, _ in failed])
                 except Exception as e:
                     log.warn("could not record the failed attempt: {e}", e=e)
-                    await self._requeue_own()
+                    for k in {entry[0] for entry in failed}:
+                        await self._requeue_own(k)
                 await _sleep(self.reactor, 0.2)
             if not entries:
                 return
         try:
             proto = await self._commands.when_ready()
-            args = [x for qid, raw, _ in entries for x in (qid, raw)]
-            await proto.eval(ACK, [self.processing_key, self.attempts_key], args)
+            partitions = sorted({k for k, *_ in entries})
+            index = {k: i + 2 for i, k in enumerate(partitions)}    # KEYS are 1-based
+            args = [x for k, qid, raw, _ in entries for x in (index[k], qid, raw)]
+            await proto.eval(ACK, [self.attempts_key] + [self.processing_key(k)
+                                                         for k in partitions], args)
         except Exception as e:
             # Stored and published but not acknowledged: the items run again and the
             # store's uuid dedupe makes that harmless.
             log.warn("queue acknowledgement failed: {e}", e=e)
-            await self._requeue_own()
+            for k in {entry[0] for entry in entries}:
+                await self._requeue_own(k)
 
     async def _fail(self, entries, max_attempts=None) -> None:
         proto = await self._commands.when_ready()
-        args = [max_attempts or self.max_attempts] + [x for qid, raw in entries
-                                                      for x in (qid, raw)]
-        dead = await proto.eval(FAIL, [self.processing_key, self.queue_key,
-                                       self.attempts_key, self.dead_key], args)
-        for raw in dead or ():
-            log.error("dead-lettered queue item after {n} attempts (kept in {key}): {item}",
-                      n=max_attempts or self.max_attempts, key=self.dead_key,
-                      item=raw[:500].decode("utf-8", "replace"))
+        by_partition: dict[int, list] = defaultdict(list)
+        for k, qid, raw in entries:
+            by_partition[k] += [qid, raw]
+        for k, pairs in by_partition.items():
+            dead = await proto.eval(FAIL, [self.processing_key(k), self.queue_key(k),
+                                           self.attempts_key, self.dead_key],
+                                    [max_attempts or self.max_attempts] + pairs)
+            for raw in dead or ():
+                log.error("dead-lettered queue item after {n} attempts (kept in {key}): "
+                          "{item}", n=max_attempts or self.max_attempts, key=self.dead_key,
+                          item=raw[:500].decode("utf-8", "replace"))
 
     # ------------------------------------------------------------ pub/sub
 
