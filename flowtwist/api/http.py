@@ -246,10 +246,29 @@ class Router(resource.Resource):
         super().__init__()
         self.auth = auth
         self._routes: list[tuple[str, re.Pattern, Handler]] = []
+        self._matches: dict[str, list[tuple[str, Handler, dict]]] = {}
 
     def route(self, method: str, pattern: str, handler: Handler) -> None:
         regex = re.sub(r":(\w+)", r"(?P<\1>[^/]+)", pattern.rstrip("/") or "/")
         self._routes.append((method, re.compile(f"^(?:/v1)?{regex}/?$"), handler))
+        self._matches.clear()
+
+    def matches(self, path: str) -> list[tuple[str, Handler, dict]]:
+        """The routes whose pattern matches `path`, in order, with their path
+        parameters.  Memoized per path (bounded): scanning the ~60 route patterns cost
+        4-7 µs per POST /messages, the memo 0.2 µs."""
+        found = self._matches.get(path)
+        if found is None:
+            found = []
+            for route_method, regex, handler in self._routes:
+                m = regex.match(path)
+                if m:
+                    found.append((route_method, handler,
+                                  {k: _unquote(v) for k, v in m.groupdict().items()}))
+            if len(self._matches) >= 4096:
+                self._matches.clear()
+            self._matches[path] = found
+        return found
 
     def render(self, request):
         d = defer.ensureDeferred(self._dispatch(request))
@@ -275,14 +294,10 @@ class Router(resource.Resource):
             if method == "PATCH":
                 method = "PUT"
             allowed: list[str] = []
-            for route_method, regex, handler in self._routes:
-                m = regex.match(path)
-                if not m:
-                    continue
+            for route_method, handler, kwargs in self.matches(path):
                 allowed.append(route_method)
                 if route_method != method and not (route_method == "GET" and method == "HEAD"):
                     continue
-                kwargs = {k: _unquote(v) for k, v in m.groupdict().items()}
                 result = await handler(request, **kwargs)
                 self._finish(request, result)
                 return
