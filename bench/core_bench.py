@@ -93,6 +93,21 @@ def machine() -> str:
             f"{platform.release()}")
 
 
+def calibrate() -> float:
+    """Milliseconds of CPU for a fixed piece of Python (JSON and dict work like a
+    message's): this VM's speed varies over time, by up to ~1.5x between runs, and
+    every figure above moves with it."""
+    doc = {"event": "message", "content": "calibration message #tag @bob", "tags": ["tag"],
+           "uuid": "0123456789abcdef", "user": "1", "sent": 1700000000000, "id": 1,
+           "thread": {"id": "abc", "title": "calibration", "internal_comments": 0}}
+    t = time.process_time()
+    for i in range(20000):
+        d = json.loads(json.dumps(doc))
+        d["id"] = i
+        {k: v for k, v in d.items() if k != "thread"}
+    return (time.process_time() - t) * 1000
+
+
 def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else float("nan")
 
@@ -483,7 +498,8 @@ def main(argv=None):
     counts = args.connections or ([500, 2000] if args.quick else [2000, 10000])
     phases = args.only or ["throughput", "latency", "memory"]
     raise_nofile()
-    print(f"machine: {machine()}; load average {loadavg()}", flush=True)
+    print(f"machine: {machine()}; load average {loadavg()}; calibration "
+          f"{calibrate():.0f} ms (lower is faster)", flush=True)
     started = time.monotonic()
     backend = Backend(args.backend, args.redis, args.mongo, args.postgres)
     print(f"backend: {backend.describe()}", flush=True)
@@ -505,7 +521,7 @@ def main(argv=None):
                          backend)
     finally:
         backend.close()
-    print(f"total {time.monotonic() - started:.0f} s")
+    print(f"total {time.monotonic() - started:.0f} s; calibration {calibrate():.0f} ms")
 
 
 if __name__ == "__main__":
