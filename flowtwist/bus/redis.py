@@ -334,6 +334,8 @@ class _Link(protocol.Factory):
     def when_ready(self):
         if self.proto is not None:
             return defer.succeed(self.proto)
+        if not self.service.running:        # stopped: nobody would ever fire it
+            return defer.fail(txredisapi.ConnectionError("stopped"))
         d = defer.Deferred()
         self._waiting.append(d)
         return d
@@ -382,6 +384,7 @@ class RedisBus:
         self._giving_up: set[int] = set()           # held, to release after this batch
         self._inflight: set[int] = set()            # partitions of the batch in hand
         self._loop: defer.Deferred | None = None
+        self._stopped = False
         self._first = zlib.crc32(self.consumer_id.encode()) % partitions
         self._beat = None
 
@@ -406,6 +409,7 @@ class RedisBus:
         """Connect; while Redis is down this waits (logging and retrying), so the
         process opens its ports only once the queue can keep what it accepts."""
         self._running = True
+        self._stopped = False
         for link in (self._commands, self._blocking, self._subscriber):
             link.start()
         await self._commands.when_ready()
@@ -414,6 +418,9 @@ class RedisBus:
         self._beat = self.reactor.callLater(self.heartbeat, self._tick)
 
     async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         self._running = False
         if self._beat is not None and self._beat.active():
             self._beat.cancel()
@@ -610,16 +617,9 @@ class RedisBus:
             await self._handler([item for *_, item in entries])
         except Exception:
             log.failure("queue consumer failed; retrying {n} items", n=len(entries))
-            # Retry item by item, so that one bad item cannot take the good ones of
-            # its batch to the dead-letter list with it.
-            failed, done = [], []
-            for entry in entries if len(entries) > 1 else ():
-                try:
-                    await self._handler([entry[3]])
-                    done.append(entry)
-                except Exception:
-                    failed.append(entry)
-            failed, entries = (failed, done) if len(entries) > 1 else (entries, [])
+            # The whole batch counts one failed attempt.  (Retrying item by item
+            # inline made the consumer stall now and then; see the issue note.)
+            failed, entries = entries, []
             if failed:
                 try:
                     await self._fail([(k, qid, raw) for k, qid, raw, _ in failed])
