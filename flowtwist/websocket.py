@@ -49,7 +49,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from flowtwist.api import shapes
-from flowtwist.api.stream import (PRESENCE_OFFLINE, ConversationListener,
+from flowtwist.api.stream import (PRESENCE_OFFLINE, ConversationListener, wake_drain_waiters,
                                   publish_presence)
 from flowtwist.app import App
 from flowtwist.chat import Actor
@@ -392,12 +392,7 @@ class ChatSocket(WebSocketServerProtocol):
                 continue
             if self.state == self.STATE_OPEN and not self.finished:
                 self.transport.write(frame)
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for waiter in waiters:
-            if self.paused:
-                self._drain_waiters.append(waiter)
-            else:
-                waiter.callback(None)
+        wake_drain_waiters(self)
 
     def stopProducing(self):
         self.abort()

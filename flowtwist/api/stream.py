@@ -247,6 +247,17 @@ class ConversationListener:
         self.unsubscribe()
 
 
+def wake_drain_waiters(producer) -> None:
+    """Fire the `drained()` waiters of a listener whose transport took its data
+    (stream and WebSocket listeners share this); still-paused ones keep waiting."""
+    waiters, producer._drain_waiters = producer._drain_waiters, []
+    for waiter in waiters:
+        if producer.paused:
+            producer._drain_waiters.append(waiter)
+        else:
+            waiter.callback(None)
+
+
 @implementer(IPushProducer)
 class StreamListener(ConversationListener):
     """One open stream: frames events as JSON lines or SSE and writes them."""
@@ -273,12 +284,7 @@ class StreamListener(ConversationListener):
         if self.pending and not self.closed:
             data, self.pending, self.pending_bytes = b"".join(self.pending), [], 0
             self.request.write(data)
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for waiter in waiters:
-            if self.paused:
-                self._drain_waiters.append(waiter)
-            else:
-                waiter.callback(None)
+        wake_drain_waiters(self)
 
     def stopProducing(self):
         self.close()
